@@ -1,0 +1,162 @@
+"""The fpgm operators in plain PyTorch.
+
+Used as the fallback backend (registered under the same names and schemas as the
+compiled library when it cannot be loaded, or when FPGM_EXT_BACKEND=reference), and for
+CUDA tensors when the compiled library was built without CUDA. The tests' oracle is
+separate (scipy, float64): this module is a backend like the others.
+
+The checks and their messages match csrc/checks.h, so every backend fails alike.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+
+# Same text as csrc/ops.cpp; tests/test_backend.py asserts the two agree.
+SCHEMAS = {
+    "distance_scores": 'distance_scores(Tensor weight, str metric="l2") -> Tensor',
+    "distance_matrix": 'distance_matrix(Tensor weight, str metric="l2") -> Tensor',
+    "distance_scores_multi": 'distance_scores_multi(Tensor[] weights, str metric="l2") -> Tensor[]',
+    "gather_channels": "gather_channels(Tensor[] tensors, int[] dims, Tensor[] indices) -> Tensor[]",
+}
+
+METRICS = ("l2", "l1", "cos")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_metric(op: str, metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"fpgm.{op}: unknown metric '{metric}' (expected 'l2', 'l1' or 'cos')")
+
+
+def check_weight(op: str, name: str, w: torch.Tensor) -> None:
+    if w.layout != torch.strided:
+        raise ValueError(f"fpgm.{op}: {name} must be a dense (strided) tensor, got layout {w.layout}")
+    if w.dtype not in _FLOATS:
+        raise ValueError(f"fpgm.{op}: {name} must be float16, bfloat16, float32 or float64, got {w.dtype}")
+    if w.dim() < 1:
+        raise ValueError(f"fpgm.{op}: {name} must have rank >= 1 ([N, ...] filters), got shape {list(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"fpgm.{op}: {name} has no elements (N = 0 or D = 0), shape {list(w.shape)}")
+
+
+def result_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores and matrices come back float64 for float64 input, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows(op: str, name: str, w: torch.Tensor) -> torch.Tensor:
+    f = w.reshape(w.shape[0], -1).to(result_dtype(w.dtype))
+    if not torch.isfinite(f).all():
+        raise ValueError(f"fpgm.{op}: {name} contains NaN or Inf; FPGM scores would be meaningless")
+    return f
+
+
+def _matrix(f: torch.Tensor, metric: str) -> torch.Tensor:
+    """All pairwise distances of the rows of f[N, D] (or a batch [B, N, D])."""
+    if metric == "l2":
+        # Centring keeps |a|^2 + |b|^2 - 2ab from cancelling for near-duplicate filters.
+        f = f - f.mean(dim=-2, keepdim=True)
+        sq = (f * f).sum(-1)
+        d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * f @ f.transpose(-1, -2)
+        d = d2.clamp_min(0).sqrt()
+    elif metric == "l1":
+        d = torch.cdist(f, f, p=1)
+    else:
+        # 1 - cos(a, b) = |u - v|^2 / 2 for the unit rows u, v, centred like l2 above.
+        norm = f.norm(dim=-1, keepdim=True)
+        zero = norm == 0
+        u = f / torch.where(zero, torch.ones_like(norm), norm)
+        count = (~zero).sum(dim=-2, keepdim=True).clamp_min(1)
+        u = u - u.sum(dim=-2, keepdim=True) / count
+        sq = (u * u).sum(-1)
+        d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * u @ u.transpose(-1, -2)
+        d = (0.5 * d2).clamp(0, 2)
+        d = torch.where(zero | zero.transpose(-1, -2), torch.ones_like(d), d)  # zero rows: 1
+    eye = torch.eye(f.shape[-2], dtype=torch.bool, device=f.device)
+    return d.masked_fill(eye, 0)
+
+
+def _sum_rows(d: torch.Tensor) -> torch.Tensor:
+    return d.sum(-1, dtype=torch.float64).to(d.dtype)
+
+
+def distance_scores(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
+    check_metric("distance_scores", metric)
+    check_weight("distance_scores", "weight", weight)
+    return _sum_rows(_matrix(_rows("distance_scores", "weight", weight), metric))
+
+
+def distance_matrix(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
+    check_metric("distance_matrix", metric)
+    check_weight("distance_matrix", "weight", weight)
+    if weight.dim() == 3:  # [B, N, D]: a batch of layers
+        f = weight.to(result_dtype(weight.dtype))
+        if not torch.isfinite(f).all():
+            raise ValueError("fpgm.distance_matrix: weight contains NaN or Inf; FPGM scores would be meaningless")
+        return _matrix(f, metric)
+    return _matrix(_rows("distance_matrix", "weight", weight), metric)
+
+
+def distance_scores_multi(weights: Sequence[torch.Tensor], metric: str = "l2") -> List[torch.Tensor]:
+    check_metric("distance_scores_multi", metric)
+    for k, w in enumerate(weights):
+        check_weight("distance_scores_multi", f"weights[{k}]", w)
+        if w.dtype != weights[0].dtype:
+            raise ValueError(f"fpgm.distance_scores_multi: weights[{k}] has dtype {w.dtype} but weights[0] "
+                             f"has {weights[0].dtype}; all layers must share one dtype")
+        if w.device != weights[0].device:
+            raise ValueError(f"fpgm.distance_scores_multi: weights[{k}] is on {w.device} but weights[0] is on "
+                             f"{weights[0].device}")
+    return [_sum_rows(_matrix(_rows("distance_scores_multi", f"weights[{k}]", w), metric))
+            for k, w in enumerate(weights)]
+
+
+def check_gather_args(tensors, dims, indices) -> List[int]:
+    """Checks of csrc/gather_checks.h; returns the dims wrapped into [0, rank)."""
+    if not (len(tensors) == len(dims) == len(indices)):
+        raise ValueError("fpgm.gather_channels: tensors, dims and indices must have the same length, "
+                         f"got {len(tensors)}, {len(dims)} and {len(indices)}")
+    wrapped = []
+    for k, (t, dim, idx) in enumerate(zip(tensors, dims, indices)):
+        if t.layout != torch.strided:
+            raise ValueError(f"fpgm.gather_channels: tensors[{k}] must be a dense tensor")
+        if t.dim() < 1:
+            raise ValueError(f"fpgm.gather_channels: tensors[{k}] must have rank >= 1, got a scalar")
+        if not -t.dim() <= dim < t.dim():
+            raise ValueError(f"fpgm.gather_channels: dims[{k}] = {dim} is out of range for tensors[{k}] "
+                             f"of rank {t.dim()}")
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"fpgm.gather_channels: indices[{k}] must be an int64 or int32 tensor, got {idx.dtype}")
+        if idx.dim() != 1:
+            raise ValueError(f"fpgm.gather_channels: indices[{k}] must be 1-D, got shape {list(idx.shape)}")
+        if idx.device != t.device:
+            raise ValueError(f"fpgm.gather_channels: indices[{k}] is on {idx.device} but tensors[{k}] is on "
+                             f"{t.device}")
+        if t.device != tensors[0].device:
+            raise ValueError(f"fpgm.gather_channels: tensors[{k}] is on {t.device} but tensors[0] is on "
+                             f"{tensors[0].device}")
+        wrapped.append(dim % t.dim())
+    return wrapped
+
+
+def gather_channels(tensors: Sequence[torch.Tensor], dims: Sequence[int],
+                    indices: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    wrapped = check_gather_args(tensors, dims, indices)
+    out = []
+    for k, (t, dim, idx) in enumerate(zip(tensors, wrapped, indices)):
+        if idx.numel() and (idx.min() < 0 or idx.max() >= t.shape[dim]):
+            bad = idx[(idx < 0) | (idx >= t.shape[dim])][0].item()
+            raise IndexError(f"fpgm.gather_channels: indices[{k}] holds {bad}, out of range for dimension "
+                             f"{dim} of size {t.shape[dim]} of tensors[{k}]")
+        out.append(t.index_select(dim, idx.long()).contiguous())
+    return out
+
+
+OPS = {
+    "distance_scores": distance_scores,
+    "distance_matrix": distance_matrix,
+    "distance_scores_multi": distance_scores_multi,
+    "gather_channels": gather_channels,
+}
