@@ -55,27 +55,34 @@ def _rows(op: str, name: str, w: torch.Tensor) -> torch.Tensor:
 
 def _matrix(f: torch.Tensor, metric: str) -> torch.Tensor:
     """All pairwise distances of the rows of f[N, D] (or a batch [B, N, D])."""
-    if metric == "l2":
-        # Centring keeps |a|^2 + |b|^2 - 2ab from cancelling for near-duplicate filters.
-        f = f - f.mean(dim=-2, keepdim=True)
-        sq = (f * f).sum(-1)
-        d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * f @ f.transpose(-1, -2)
-        d = d2.clamp_min(0).sqrt()
-    elif metric == "l1":
+    if metric == "l1":
         d = torch.cdist(f, f, p=1)
     else:
-        # 1 - cos(a, b) = |u - v|^2 / 2 for the unit rows u, v, centred like l2 above.
-        norm = f.norm(dim=-1, keepdim=True)
-        zero = norm == 0
-        u = f / torch.where(zero, torch.ones_like(norm), norm)
-        count = (~zero).sum(dim=-2, keepdim=True).clamp_min(1)
-        u = u - u.sum(dim=-2, keepdim=True) / count
-        sq = (u * u).sum(-1)
-        d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * u @ u.transpose(-1, -2)
-        d = (0.5 * d2).clamp(0, 2)
-        d = torch.where(zero | zero.transpose(-1, -2), torch.ones_like(d), d)  # zero rows: 1
-    eye = torch.eye(f.shape[-2], dtype=torch.bool, device=f.device)
-    return d.masked_fill(eye, 0)
+        # Rows are centred (cos: normalised, then centred) in float64 before the Gram
+        # product in f's dtype, so |a|^2 + |b|^2 - 2ab does not cancel for near-duplicate
+        # filters; 1 - cos(a, b) = |u - v|^2 / 2 for the unit rows u, v.
+        x = f.to(torch.float64)
+        if metric == "cos":
+            norm = x.norm(dim=-1, keepdim=True)
+            zero = norm == 0
+            x = x / torch.where(zero, torch.ones_like(norm), norm)
+            count = (~zero).sum(dim=-2, keepdim=True).clamp_min(1)
+            x = x - x.sum(dim=-2, keepdim=True) / count
+        else:
+            x = x - x.mean(dim=-2, keepdim=True)
+        u = x.to(f.dtype)
+        sq = u.to(torch.float64).square().sum(-1)
+        gram = (u @ u.transpose(-1, -2)).to(torch.float64)
+        d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * gram
+        if metric == "cos":
+            d = (0.5 * d2).clamp(0, 2)
+            d = torch.where(zero | zero.transpose(-1, -2), torch.ones_like(d), d)  # zero rows: 1
+        else:
+            d = d2.clamp_min(0).sqrt()
+        d = d.to(f.dtype)
+    # Exactly symmetric with a zero diagonal: keep the upper triangle and mirror it.
+    d = d.triu(1)
+    return d + d.transpose(-1, -2)
 
 
 def _sum_rows(d: torch.Tensor) -> torch.Tensor:

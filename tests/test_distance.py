@@ -1,0 +1,177 @@
+"""Parity of distance_scores, distance_matrix and distance_scores_multi with the float64
+oracle (scipy), on every backend: the registered op (compiled, or the fallback under
+FPGM_EXT_BACKEND=reference) and the reference functions called directly."""
+import numpy as np
+import pytest
+import torch
+
+import fpgm_ext
+from fpgm_ext import reference
+from fpgm_ext.testing import devices, dtypes, metrics, random_filters, score_rtol
+
+import oracle
+
+IMPLS = {
+    "op": {
+        "scores": lambda w, m: torch.ops.fpgm.distance_scores(w, m),
+        "matrix": lambda w, m: torch.ops.fpgm.distance_matrix(w, m),
+        "multi": lambda ws, m: torch.ops.fpgm.distance_scores_multi(ws, m),
+    },
+    "reference": {
+        "scores": reference.distance_scores,
+        "matrix": reference.distance_matrix,
+        "multi": reference.distance_scores_multi,
+    },
+}
+
+# From a single filter to realistic conv layers; N and D off the kernels' tile sizes.
+SHAPES = [(1, 1), (1, 9), (5, 1), (2, 3), (7, 3, 1, 1), (16, 16, 3, 3), (33, 5, 7), (129, 65),
+          (200, 37), (300, 9), (64, 3, 7, 7), (256, 128, 3, 3), (512, 4608)]
+BIG = {(256, 128, 3, 3), (512, 4608)}
+
+
+def assert_scores_close(got, weight, metric, rtol):
+    ref = oracle.scores(weight, metric)
+    assert got.shape == (weight.shape[0],)
+    assert got.dtype == (torch.float64 if weight.dtype == torch.float64 else torch.float32)
+    got = got.cpu().double().numpy()
+    scale = np.abs(ref).max()
+    if weight.shape[0] > 2:  # the ranking must be resolvable at this tolerance
+        assert np.ptp(ref) > 10 * rtol * scale, "degenerate test data: scores nearly all equal"
+    err = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-300)
+    err[ref == 0] = np.abs(got[ref == 0])  # N = 1: a single filter scores exactly 0
+    assert err.max() <= rtol, f"max relative error {err.max():.3g} > {rtol:g}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_scores_float32(impl, device, metric, shape):
+    w = random_filters(shape, device=device)
+    assert_scores_close(IMPLS[impl]["scores"](w, metric), w, metric, score_rtol[torch.float32])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+@pytest.mark.parametrize("dtype", dtypes, ids=str)
+@pytest.mark.parametrize("shape", [(1, 4), (37, 3, 3, 3), (130, 200)], ids=str)
+def test_scores_dtypes(impl, device, metric, dtype, shape):
+    w = random_filters(shape, dtype=dtype, device=device)
+    assert_scores_close(IMPLS[impl]["scores"](w, metric), w, metric, score_rtol[dtype])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_scores_layouts(impl, device, metric, layout, dtype):
+    w = random_filters((70, 16, 3, 3), dtype=dtype, device=device, layout=layout)
+    assert not w.is_contiguous()
+    assert_scores_close(IMPLS[impl]["scores"](w, metric), w, metric, score_rtol[dtype])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+@pytest.mark.parametrize("spread", [1e-3, 1e-5])
+def test_scores_near_duplicates(impl, device, metric, spread):
+    """The case FPGM exists for: filters close to one another (and exact copies), where
+    |a|^2 + |b|^2 - 2ab cancels unless the kernel guards against it."""
+    base = torch.randn(1, 1152)
+    w = base + spread * torch.randn(300, 1152)
+    w[10] = w[3]  # an exact duplicate
+    w = w.to(device)
+    assert_scores_close(IMPLS[impl]["scores"](w, metric), w, metric, 1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+def test_scores_zero_and_constant_rows(impl, device, metric):
+    w = torch.randn(40, 27)
+    w[5] = 0
+    w[17] = 0
+    w[20] = 3.0
+    w = w.to(device)
+    assert_scores_close(IMPLS[impl]["scores"](w, metric), w, metric, 1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 3), (9, 4, 3, 3), (150, 70), (300, 2304)], ids=str)
+def test_matrix(impl, device, metric, dtype, shape):
+    w = random_filters(shape, dtype=dtype, device=device)
+    got = IMPLS[impl]["matrix"](w, metric)
+    n = shape[0]
+    assert got.shape == (n, n)
+    ref = oracle.matrix(w, metric)
+    got = got.cpu().double().numpy()
+    tol = score_rtol[dtype]
+    # Per element: relative, and absolute against the largest distance (a tiny distance
+    # between close filters cannot be relative-exact in float32).
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    assert np.array_equal(got, got.T) and (np.diag(got) == 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+def test_matrix_batched(impl, device, metric):
+    w = torch.randn(4, 50, 20, device=device)
+    got = IMPLS[impl]["matrix"](w, metric)
+    assert got.shape == (4, 50, 50)
+    for b in range(4):
+        ref = oracle.matrix(w[b], metric)
+        np.testing.assert_allclose(got[b].cpu().double().numpy(), ref, rtol=1e-5,
+                                   atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("metric", metrics)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_multi(impl, device, metric, dtype):
+    """Many layers of different shapes (a small CNN's worth) in one call."""
+    shapes = [(16, 3, 3, 3), (1, 5), (32, 16, 3, 3), (130, 32, 1, 1), (7, 200), (64, 32, 3, 3),
+              (10, 64), (129, 1)]
+    ws = [random_filters(s, dtype=dtype, device=device, layout="channels_last" if len(s) == 4 else "contiguous")
+          for s in shapes]
+    got = IMPLS[impl]["multi"](ws, metric)
+    assert isinstance(got, (list, tuple)) and len(got) == len(ws)
+    for g, w in zip(got, ws):
+        assert_scores_close(g, w, metric, score_rtol[dtype])
+
+
+def test_multi_empty_list():
+    assert fpgm_ext.distance_scores_multi([]) == []
+    assert fpgm_ext.reference.distance_scores_multi([]) == []
+
+
+def test_scores_deterministic_across_threads():
+    """Scores do not depend on the number of threads or on scheduling."""
+    w = torch.randn(700, 300)
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, max(2, old)):
+            torch.set_num_threads(threads)
+            results += [torch.ops.fpgm.distance_scores(w, m) for m in metrics]
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(results[:3], results[3:]):
+        assert torch.equal(a, b)
+
+
+def test_public_api_detaches():
+    conv = torch.nn.Conv2d(8, 24, 3)
+    s = fpgm_ext.distance_scores(conv.weight)
+    assert not s.requires_grad
+    assert_scores_close(s, conv.weight, "l2", 1e-5)
+    assert_scores_close(fpgm_ext.distance_scores_multi([conv.weight])[0], conv.weight, "l2", 1e-5)
+    m = fpgm_ext.distance_matrix(conv.weight, "cos")
+    np.testing.assert_allclose(m.numpy(), oracle.matrix(conv.weight, "cos"), rtol=1e-5, atol=1e-6)
