@@ -45,6 +45,11 @@ def gather_channels(tensors: Sequence[torch.Tensor], dims: Sequence[int],
                     indices: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """``[t.index_select(d, i).contiguous() for t, d, i in zip(tensors, dims, indices)]``
     in one call: the weight surgery of physical pruning."""
+    if len(tensors) == 0 and len(indices) == 0:
+        from .reference import check_gather_args
+
+        check_gather_args(tensors, dims, indices)  # dims must be empty too
+        return []  # the dispatcher cannot route a call without tensors
     return torch.ops.fpgm.gather_channels.default(list(tensors), list(dims), list(indices))
 
 
