@@ -12,6 +12,11 @@ namespace fpgm {
 
 enum class Metric { L2, L1, Cos };
 
+// "torch.int64", as Python spells a dtype, so messages read the same from every backend.
+inline std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
 inline Metric parse_metric(std::string_view op, std::string_view metric) {
   if (metric == "l2") return Metric::L2;
   if (metric == "l1") return Metric::L1;
@@ -29,7 +34,7 @@ inline void check_weight(std::string_view op, const std::string& name, const at:
   const auto t = w.scalar_type();
   TORCH_CHECK_VALUE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
                     "fpgm.", op, ": ", name,
-                    " must be float16, bfloat16, float32 or float64, got ", t);
+                    " must be float16, bfloat16, float32 or float64, got ", dtype_name(t));
   TORCH_CHECK_VALUE(w.dim() >= min_rank, "fpgm.", op, ": ", name, " must have rank >= ",
                     min_rank, " ([N, ...] filters), got shape ", w.sizes());
   TORCH_CHECK_VALUE(w.numel() > 0, "fpgm.", op, ": ", name,

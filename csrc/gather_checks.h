@@ -8,6 +8,8 @@
 
 #include <vector>
 
+#include "checks.h"
+
 namespace fpgm {
 
 struct GatherArgs {
@@ -31,7 +33,7 @@ inline GatherArgs check_gather_args(at::TensorList tensors, at::IntArrayRef dims
                       "] = ", dims[k], " is out of range for tensors[", k, "] of rank ", t.dim());
     TORCH_CHECK_VALUE(idx.defined() && (idx.scalar_type() == at::kLong || idx.scalar_type() == at::kInt),
                       "fpgm.gather_channels: indices[", k, "] must be an int64 or int32 tensor, got ",
-                      idx.defined() ? c10::toString(idx.scalar_type()) : "undefined");
+                      idx.defined() ? dtype_name(idx.scalar_type()) : "undefined");
     TORCH_CHECK_VALUE(idx.dim() == 1, "fpgm.gather_channels: indices[", k,
                       "] must be 1-D, got shape ", idx.sizes());
     TORCH_CHECK_VALUE(idx.device() == t.device(), "fpgm.gather_channels: indices[", k, "] is on ",

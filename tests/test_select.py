@@ -36,11 +36,14 @@ def test_select_near_duplicates_pruned_first():
     assert prune.tolist() == [4, 11]
 
 
-def test_select_ties_break_by_lower_index():
-    # Scaled basis vectors: every pairwise distance is sqrt(2) * 3, so all scores tie exactly.
+def test_select_ties_break_by_lower_index(monkeypatch):
+    # Equal norms (scaled basis vectors): the norm stage breaks ties by lower index.
     w = 3 * torch.eye(10)
-    assert fpgm_ext.select(w, rate_dist=0.3).prune.tolist() == [0, 1, 2]
-    # Equal norms too: the norm stage also breaks ties by lower index.
+    assert fpgm_ext.select(w, rate_dist=0.0, rate_norm=0.7).prune.tolist() == [0, 1, 2]
+    # Equal scores: the distance stage too (scores forced equal, as kernels' rounding may
+    # split a mathematical tie either way).
+    monkeypatch.setattr(fpgm_ext, "distance_scores", lambda rows, metric: torch.ones(rows.shape[0]))
+    assert fpgm_ext.select(torch.randn(10, 4), rate_dist=0.3).prune.tolist() == [0, 1, 2]
     assert fpgm_ext.select(w, rate_dist=0.2, rate_norm=0.7).prune.tolist() == [0, 1, 2, 3, 4]
 
 

@@ -317,8 +317,8 @@ std::vector<at::Tensor> distance_scores_multi_cpu(at::TensorList weights,
     check_weight("distance_scores_multi", arg, weights[k]);
     TORCH_CHECK_VALUE(weights[k].scalar_type() == weights[0].scalar_type(),
                       "fpgm.distance_scores_multi: ", arg, " has dtype ",
-                      weights[k].scalar_type(), " but weights[0] has ",
-                      weights[0].scalar_type(), "; all layers must share one dtype");
+                      dtype_name(weights[k].scalar_type()), " but weights[0] has ",
+                      dtype_name(weights[0].scalar_type()), "; all layers must share one dtype");
     TORCH_CHECK_VALUE(weights[k].device() == weights[0].device(),
                       "fpgm.distance_scores_multi: ", arg, " is on ", weights[k].device(),
                       " but weights[0] is on ", weights[0].device());
