@@ -1,19 +1,21 @@
 // CPU kernels of fpgm::distance_scores, distance_matrix and distance_scores_multi.
 //
-// Every layer is flattened to rows F[N, D] and cut into row tiles; the work is the list
-// of tile pairs (I, J), J >= I, of all layers at once (symmetry: about N^2 D / 2
-// multiply-adds per layer). l2 and cos take the Gram product of a tile pair (at::mm,
-// i.e. BLAS) and a fused epilogue: d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at 0, sqrt,
-// row and column sums. l1 is a direct loop over column blocks. No N x N buffer is ever
-// allocated for scores: each tile pair leaves its row and column sums in its own slot,
-// and the slots are added in a fixed order, so results do not depend on the number of
-// threads or on scheduling.
+// Every layer is flattened to rows F[N, D]. The work is a list of items over all layers
+// at once, scheduled dynamically on all threads, covering only the upper triangle of the
+// distance matrix (symmetry: about N^2 D / 2 multiply-adds per layer):
+// - l2 and cos: strips of 64 rows against the columns from their diagonal on, one BLAS
+//   product per strip and a fused SIMD epilogue: d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at 0,
+//   sqrt (l2) or d^2 / 2 (cos), row and column sums;
+// - l1, and l2 / cos with D <= 16 (where the Gram identity would cancel): tile pairs of
+//   64 x 64 rows, a SIMD |a - b| or (a - b)^2 loop over blocks of 256 columns.
+// No N x N buffer is allocated for scores: each item leaves its row and column sums in its
+// own slot, and the slots are added in a fixed order, so results do not depend on the
+// number of threads or on scheduling.
 //
-// Accuracy: rows are centred on their mean (l2) or normalised then centred (cos)
-// before the Gram product. Distances do not change, but |a|^2 + |b|^2 - 2 a.b no longer
-// cancels catastrophically when filters are near-duplicates of each other.
+// Accuracy: rows are centred on their mean (l2) or normalised then centred (cos), in
+// float64, before the Gram product. Distances do not change, but |a|^2 + |b|^2 - 2 a.b no
+// longer cancels catastrophically when filters are near-duplicates of each other.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -24,199 +26,128 @@
 #include <vector>
 
 #include "../checks.h"
+#include "simd_loops.h"
 
 namespace fpgm {
 namespace {
 
-constexpr int64_t kGemmTile = 128;  // rows per tile for l2 / cos (BLAS-sized products)
-constexpr int64_t kL1Tile = 64;     // rows per tile for l1
-constexpr int64_t kL1Block = 256;   // columns per pass of the l1 loop (tiles stay in cache)
+constexpr int64_t kStripRows = 64;   // Gram path: rows of a strip (one BLAS product each)
+constexpr int64_t kTile = 64;        // direct path: rows per tile
+constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles stay in cache)
+constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
+                                     // Gram identity cancels for close pairs in few dimensions
 
-// One layer prepared for the tile loop.
+// One layer prepared for the kernels: either the Gram path (l2, cos: BLAS products and
+// an epilogue) or the direct path (l1, and l2 / cos in few dimensions: a loop over
+// |a - b| or (a - b)^2). For cos, zero rows are taken out (`index` maps the m remaining
+// rows to the original ones): their distance to any other row is 1, by definition, and
+// is added afterwards.
 template <typename acc_t>
 struct Layer {
-  at::Tensor rows;          // [N, D] contiguous acc_t: centred (l2), unit then centred (cos)
-  std::vector<double> sq;   // |row|^2 of the prepared rows, in double (l2, cos)
-  std::vector<uint8_t> zero;  // cos: the original row was all zeros
-  int64_t n = 0, d = 0, tile = 0;
+  at::Tensor rows;             // [m, D] contiguous acc_t: the rows, unit rows for cos, and
+                               // centred on the Gram path
+  std::vector<acc_t> sq;       // Gram path: |row|^2 of the prepared rows
+  std::vector<int64_t> index;  // cos with zero rows: original row of each prepared row
+  int64_t n = 0;               // filters of the layer
+  int64_t m = 0;               // prepared rows (n less the zero rows for cos)
+  int64_t d = 0;
+  bool direct = false;
 };
 
+// A block of distances: rows [i0, i0 + ni) against columns [j0, j0 + nj) of one layer,
+// where only column > row counts (the upper triangle). Gram path: a strip (j0 = i0,
+// nj = m - i0); direct path: a tile pair. `slot`: ni row sums then nj column sums.
 struct Item {
-  int64_t layer, i0, ni, j0, nj;
-  int64_t slot;  // offset of this pair's row and column sums in the partial buffer
+  int64_t layer, i0, ni, j0, nj, slot;
 };
-
-// Column means of x[N, D] (double), summed in row order so the result is deterministic.
-template <typename scalar_t>
-std::vector<double> column_means(const scalar_t* x, int64_t n, int64_t d, const double* scale,
-                                 const uint8_t* skip) {
-  std::vector<double> mean(d, 0.0);
-  int64_t count = 0;
-  for (int64_t i = 0; i < n; ++i) count += (skip && skip[i]) ? 0 : 1;
-  if (count == 0) return mean;
-  at::parallel_for(0, d, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (skip && skip[i]) continue;
-      const scalar_t* row = x + i * d;
-      const double s = scale ? scale[i] : 1.0;
-      for (int64_t k = b; k < e; ++k) mean[k] += static_cast<double>(row[k]) * s;
-    }
-    for (int64_t k = b; k < e; ++k) mean[k] /= static_cast<double>(count);
-  });
-  return mean;
-}
 
 // Converts one weight to prepared rows. Throws if it holds NaN or Inf.
-template <typename scalar_t, typename acc_t>
+template <typename acc_t>
 Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view op,
                      const std::string& name) {
   Layer<acc_t> L;
   L.n = weight.size(0);
   L.d = weight.numel() / L.n;
-  const at::Tensor x2 = weight.reshape({L.n, L.d}).contiguous();
-  const scalar_t* x = x2.template const_data_ptr<scalar_t>();
   const int64_t n = L.n, d = L.d;
-  L.rows = at::empty({n, d}, weight.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* out = L.rows.template mutable_data_ptr<acc_t>();
+  // ATen's own (vectorised) conversion; no copy for contiguous input of the compute type.
+  at::Tensor x = weight.reshape({n, d}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* xp = x.const_data_ptr<acc_t>();
+  const int64_t grain = std::max<int64_t>(1, 32768 / d);
+  L.direct = metric == Metric::L1 || d <= kDirectMaxD;
 
-  // Pass 1: finiteness and row norms (cos needs them before centring).
-  std::vector<double> inv_norm(n, 1.0);
-  std::atomic<bool> finite{true};
-  if (metric == Metric::Cos) L.zero.assign(n, 0);
-  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      double s = 0.0;
-      for (int64_t k = 0; k < d; ++k) {
-        const double v = static_cast<double>(x[i * d + k]);
-        s += v * v;
-      }
-      if (!std::isfinite(s)) {
-        finite = false;
-        continue;
-      }
-      if (metric == Metric::Cos) {
-        if (s == 0.0) L.zero[i] = 1;
-        else inv_norm[i] = 1.0 / std::sqrt(s);
-      }
-    }
-  });
-  TORCH_CHECK_VALUE(finite.load(), nonfinite_message(op, name));
-
-  if (metric == Metric::L1) {
-    at::parallel_for(0, n * d, 32768, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) out[k] = static_cast<acc_t>(x[k]);
+  // Squared row norms: finiteness and unit rows (cos). The l2 Gram path needs neither: a
+  // column mean below is finite exactly when its column is (float sums cannot overflow a
+  // double).
+  std::vector<double> norm2;
+  if (metric != Metric::L2 || L.direct) {
+    norm2.resize(n);
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
     });
-    L.tile = kL1Tile;
+    for (int64_t i = 0; i < n; ++i)
+      TORCH_CHECK_VALUE(std::isfinite(norm2[i]), nonfinite_message(op, name));
+  }
+  if (metric != Metric::Cos && L.direct) {
+    L.rows = x;
+    L.m = n;
     return L;
   }
 
-  // Pass 2: centre (on the mean of the unit rows for cos) and keep |row|^2 of what the
-  // Gram product will see, so the diagonal of d^2 is exactly consistent.
-  const double* scale = metric == Metric::Cos ? inv_norm.data() : nullptr;
-  const uint8_t* skip = metric == Metric::Cos ? L.zero.data() : nullptr;
-  const std::vector<double> mean = column_means(x, n, d, scale, skip);
-  L.sq.assign(n, 0.0);
-  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const double s = inv_norm[i];
-      double sq = 0.0;
-      for (int64_t k = 0; k < d; ++k) {
-        const acc_t v = static_cast<acc_t>(static_cast<double>(x[i * d + k]) * s - mean[k]);
-        out[i * d + k] = v;
-        sq += static_cast<double>(v) * static_cast<double>(v);
-      }
-      L.sq[i] = sq;
+  std::vector<int64_t> src;  // prepared row -> original row
+  std::vector<double> scale(n, 1.0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (metric == Metric::Cos) {
+      if (norm2[i] == 0.0) continue;
+      scale[i] = 1.0 / std::sqrt(norm2[i]);
     }
+    src.push_back(i);
+  }
+  L.m = static_cast<int64_t>(src.size());
+  if (L.m < n) L.index = src;
+  const int64_t m = L.m;
+  // Column means of the (unit) rows, summed in row order: deterministic. None on the
+  // direct path, which needs no centring.
+  std::vector<double> mean(d, 0.0);
+  if (!L.direct) {
+    at::parallel_for(0, d, 512, [&](int64_t b, int64_t e) {
+      for (int64_t r = 0; r < m; ++r)
+        simd::add_scaled(xp + src[r] * d + b, scale[src[r]], mean.data() + b, e - b);
+      for (int64_t k = b; k < e; ++k) mean[k] /= static_cast<double>(std::max<int64_t>(m, 1));
+    });
+    for (int64_t k = 0; k < d; ++k)
+      TORCH_CHECK_VALUE(std::isfinite(mean[k]), nonfinite_message(op, name));
+  }
+  L.rows = at::empty({m, d}, x.options());
+  acc_t* out = L.rows.template mutable_data_ptr<acc_t>();
+  L.sq.resize(m);
+  at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      L.sq[r] = static_cast<acc_t>(
+          simd::centre(xp + src[r] * d, scale[src[r]], mean.data(), out + r * d, d));
   });
-  L.tile = kGemmTile;
   return L;
 }
 
-// Distance from the Gram entry g of prepared rows i, j (l2 and cos).
+// The items of all layers, largest first (dynamic scheduling then balances well).
 template <typename acc_t>
-inline double gram_distance(const Layer<acc_t>& L, Metric metric, int64_t i, int64_t j, acc_t g) {
-  const double d2 = L.sq[i] + L.sq[j] - 2.0 * static_cast<double>(g);
-  if (metric == Metric::L2) return std::sqrt(std::max(d2, 0.0));
-  if (L.zero[i] || L.zero[j]) return 1.0;          // cosine distance of a zero row
-  return std::min(std::max(0.5 * d2, 0.0), 2.0);   // 1 - cos = |u - v|^2 / 2 for unit u, v
-}
-
-// sum_k |a_k - b_k| in eight independent lanes the compiler turns into SIMD.
-template <typename acc_t>
-inline double l1_segment(const acc_t* a, const acc_t* b, int64_t len) {
-  acc_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t k = 0;
-  for (; k + 8 <= len; k += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += std::abs(a[k + l] - b[k + l]);
-  double s = 0.0;
-  for (; k < len; ++k) s += std::abs(static_cast<double>(a[k]) - static_cast<double>(b[k]));
-  for (int l = 0; l < 8; ++l) s += static_cast<double>(lane[l]);
-  return s;
-}
-
-// Distances of one tile pair into dist[ni, nj] (double). Diagonal tiles fill only c > r.
-template <typename acc_t>
-void tile_distances(const Layer<acc_t>& L, Metric metric, const Item& it, acc_t* gram,
-                    double* dist) {
-  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
-  const int64_t d = L.d;
-  const bool diag = it.i0 == it.j0;
-  if (metric == Metric::L1) {
-    std::fill(dist, dist + it.ni * it.nj, 0.0);
-    for (int64_t k0 = 0; k0 < d; k0 += kL1Block) {
-      const int64_t len = std::min(kL1Block, d - k0);
-      for (int64_t r = 0; r < it.ni; ++r) {
-        const acc_t* a = rows + (it.i0 + r) * d + k0;
-        for (int64_t c = diag ? r + 1 : 0; c < it.nj; ++c)
-          dist[r * it.nj + c] += l1_segment(a, rows + (it.j0 + c) * d + k0, len);
-      }
-    }
-    return;
-  }
-  auto g = at::from_blob(gram, {it.ni, it.nj}, L.rows.options());
-  at::mm_out(g, L.rows.narrow(0, it.i0, it.ni), L.rows.narrow(0, it.j0, it.nj).t());
-  for (int64_t r = 0; r < it.ni; ++r)
-    for (int64_t c = diag ? r + 1 : 0; c < it.nj; ++c)
-      dist[r * it.nj + c] = gram_distance(L, metric, it.i0 + r, it.j0 + c, gram[r * it.nj + c]);
-}
-
-// Runs every tile pair of every layer on all threads. Per pair, `sink(item, dist)` gets
-// the pair's distances (dist[r * nj + c]; only c > r on diagonal tiles).
-template <typename acc_t, typename Sink>
-void for_each_tile_pair(const std::vector<Layer<acc_t>>& layers, Metric metric,
-                        const std::vector<Item>& items, const Sink& sink) {
-  int64_t max_tile = 1;
-  for (const auto& L : layers) max_tile = std::max(max_tile, std::min(L.tile, L.n));
-  // Dynamic scheduling over a shared counter: pairs differ a lot in cost between layers.
-  const int64_t workers = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
-  std::atomic<int64_t> next{0};
-  const int64_t count = static_cast<int64_t>(items.size());
-  at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
-    std::vector<acc_t> gram(max_tile * max_tile);
-    std::vector<double> dist(max_tile * max_tile);
-    for (int64_t w = b; w < e; ++w) {
-      for (int64_t k = next.fetch_add(1); k < count; k = next.fetch_add(1)) {
-        const Item& it = items[k];
-        tile_distances(layers[it.layer], metric, it, gram.data(), dist.data());
-        sink(it, dist.data());
-      }
-    }
-  });
-}
-
-// Upper-triangle tile pairs of all layers, largest first (better load balance), each with
-// a slot of ni + nj doubles (ni on diagonal tiles) for its row and column sums.
-template <typename acc_t>
-std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, int64_t* slots) {
+std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric metric,
+                             int64_t* slots) {
   std::vector<Item> items;
   int64_t slot = 0;
   for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
-    const auto& L = layers[l];
-    for (int64_t i0 = 0; i0 < L.n; i0 += L.tile) {
-      for (int64_t j0 = i0; j0 < L.n; j0 += L.tile) {
-        const int64_t ni = std::min(L.tile, L.n - i0), nj = std::min(L.tile, L.n - j0);
-        items.push_back({l, i0, ni, j0, nj, slot});
-        slot += i0 == j0 ? ni : ni + nj;
+    const int64_t m = layers[l].m;
+    if (layers[l].direct) {
+      for (int64_t i0 = 0; i0 < m; i0 += kTile)
+        for (int64_t j0 = i0; j0 < m; j0 += kTile) {
+          const int64_t ni = std::min(kTile, m - i0), nj = std::min(kTile, m - j0);
+          items.push_back({l, i0, ni, j0, nj, slot});
+          slot += ni + nj;
+        }
+    } else {
+      for (int64_t i0 = 0; i0 < m; i0 += kStripRows) {
+        const int64_t ni = std::min(kStripRows, m - i0);
+        items.push_back({l, i0, ni, i0, m - i0, slot});
+        slot += ni + m - i0;
       }
     }
   }
@@ -227,38 +158,114 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, int64_t* s
   return items;
 }
 
+// Per worker scratch: the Gram block or the direct path's distance block.
+template <typename acc_t>
+struct Scratch {
+  std::vector<acc_t> gram;
+  std::vector<double> dist;
+};
+
+// Runs every item on all threads, `body(item, scratch)`, scheduled dynamically.
+template <typename acc_t, typename Body>
+void for_each_item(const std::vector<Item>& items, const Body& body) {
+  const int64_t workers = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  std::atomic<int64_t> next{0};
+  const int64_t count = static_cast<int64_t>(items.size());
+  at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
+    Scratch<acc_t> scratch;
+    for (int64_t w = b; w < e; ++w)
+      for (int64_t k = next.fetch_add(1); k < count; k = next.fetch_add(1)) body(items[k], scratch);
+  });
+}
+
+// Gram block g[ni, nj] of an item: one BLAS product (no TF32: a CPU sgemm/dgemm).
+template <typename acc_t>
+const acc_t* gram_block(const Layer<acc_t>& L, const Item& it, Scratch<acc_t>& s) {
+  s.gram.resize(it.ni * it.nj);
+  auto g = at::from_blob(s.gram.data(), {it.ni, it.nj}, L.rows.options());
+  at::mm_out(g, L.rows.narrow(0, it.i0, it.ni), L.rows.narrow(0, it.j0, it.nj).t());
+  return s.gram.data();
+}
+
+// Direct-path distances of a tile pair into s.dist[ni, nj] (only column > row filled).
+template <typename acc_t>
+const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it, Scratch<acc_t>& s) {
+  s.dist.assign(it.ni * it.nj, 0.0);
+  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
+  const int64_t d = L.d;
+  for (int64_t k0 = 0; k0 < d; k0 += kBlock) {
+    const int64_t len = std::min(kBlock, d - k0);
+    for (int64_t r = 0; r < it.ni; ++r) {
+      const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);
+      if (c0 >= it.nj) continue;
+      const acc_t* a = rows + (it.i0 + r) * d + k0;
+      const acc_t* b = rows + (it.j0 + c0) * d + k0;
+      double* acc = s.dist.data() + r * it.nj + c0;
+      if (metric == Metric::L1) simd::l1_rows(a, b, d, it.nj - c0, len, acc);
+      else simd::sqdiff_rows(a, b, d, it.nj - c0, len, acc);
+    }
+  }
+  if (metric == Metric::L2)
+    for (double& v : s.dist) v = std::sqrt(v);
+  else if (metric == Metric::Cos)  // unit rows: 1 - cos = |u - v|^2 / 2
+    for (double& v : s.dist) v = std::min(0.5 * v, 2.0);
+  return s.dist.data();
+}
+
 template <typename acc_t>
 std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
                                     const at::TensorOptions& options) {
   int64_t slots = 0;
-  const std::vector<Item> items = make_items(layers, &slots);
+  const std::vector<Item> items = make_items(layers, metric, &slots);
   std::vector<double> partial(slots, 0.0);
-  for_each_tile_pair(layers, metric, items, [&](const Item& it, const double* dist) {
+  for_each_item<acc_t>(items, [&](const Item& it, Scratch<acc_t>& s) {
+    const Layer<acc_t>& L = layers[it.layer];
     double* rsum = partial.data() + it.slot;
-    const bool diag = it.i0 == it.j0;
-    double* csum = diag ? rsum : rsum + it.ni;
-    for (int64_t r = 0; r < it.ni; ++r)
-      for (int64_t c = diag ? r + 1 : 0; c < it.nj; ++c) {
-        rsum[r] += dist[r * it.nj + c];
-        csum[c] += dist[r * it.nj + c];
-      }
+    double* csum = rsum + it.ni;
+    if (L.direct) {
+      const double* dist = direct_block(L, metric, it, s);
+      for (int64_t r = 0; r < it.ni; ++r)
+        for (int64_t c = std::max<int64_t>(0, it.i0 + r + 1 - it.j0); c < it.nj; ++c) {
+          rsum[r] += dist[r * it.nj + c];
+          csum[c] += dist[r * it.nj + c];
+        }
+      return;
+    }
+    const acc_t* g = gram_block(L, it, s);
+    const acc_t* sq = L.sq.data() + it.j0;
+    for (int64_t r = 0; r < it.ni; ++r) {
+      const int64_t c0 = r + 1;  // strips start on their diagonal: j0 == i0
+      if (c0 >= it.nj) continue;
+      const acc_t* grow = g + r * it.nj + c0;
+      const acc_t sq_i = L.sq[it.i0 + r];
+      rsum[r] += metric == Metric::L2
+                     ? simd::l2_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0)
+                     : simd::cos_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0);
+    }
   });
-  // Add the slots in tile order (not completion order): deterministic results.
-  std::vector<Item> ordered = items;
-  std::sort(ordered.begin(), ordered.end(),
-            [](const Item& a, const Item& b) { return a.slot < b.slot; });
+  // Add the slots in a fixed order (not completion order): deterministic results.
+  std::vector<const Item*> ordered;
+  for (const Item& it : items) ordered.push_back(&it);
+  std::sort(ordered.begin(), ordered.end(), [](const Item* a, const Item* b) { return a->slot < b->slot; });
   std::vector<std::vector<double>> sums(layers.size());
-  for (size_t l = 0; l < layers.size(); ++l) sums[l].assign(layers[l].n, 0.0);
-  for (const Item& it : ordered) {
-    auto& s = sums[it.layer];
-    const double* rsum = partial.data() + it.slot;
-    for (int64_t r = 0; r < it.ni; ++r) s[it.i0 + r] += rsum[r];
-    if (it.i0 != it.j0)
-      for (int64_t c = 0; c < it.nj; ++c) s[it.j0 + c] += rsum[it.ni + c];
+  for (size_t l = 0; l < layers.size(); ++l) sums[l].assign(layers[l].m, 0.0);
+  for (const Item* it : ordered) {
+    double* s = sums[it->layer].data();
+    const double* rsum = partial.data() + it->slot;
+    for (int64_t r = 0; r < it->ni; ++r) s[it->i0 + r] += rsum[r];
+    for (int64_t c = 0; c < it->nj; ++c) s[it->j0 + c] += rsum[it->ni + c];
   }
   std::vector<at::Tensor> out;
-  for (size_t l = 0; l < layers.size(); ++l)
-    out.push_back(at::tensor(sums[l], options.dtype(at::kDouble)).to(options.dtype()));
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const Layer<acc_t>& L = layers[l];
+    std::vector<double> full = sums[l];
+    if (L.m < L.n) {  // cos: zero rows sit at distance 1 from all others
+      const double zeros = static_cast<double>(L.n - L.m);
+      full.assign(L.n, static_cast<double>(L.n - 1));
+      for (int64_t r = 0; r < L.m; ++r) full[L.index[r]] = sums[l][r] + zeros;
+    }
+    out.push_back(at::tensor(full, options.dtype(at::kDouble)).to(options.dtype()));
+  }
   return out;
 }
 
@@ -266,37 +273,69 @@ template <typename acc_t>
 at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
                        const at::TensorOptions& options) {
   const int64_t n = layers[0].n;
-  at::Tensor out = at::zeros({static_cast<int64_t>(layers.size()), n, n}, options);
-  acc_t* m = out.template mutable_data_ptr<acc_t>();
+  const int64_t batch = static_cast<int64_t>(layers.size());
+  at::Tensor out = at::zeros({batch, n, n}, options);
+  acc_t* base = out.template mutable_data_ptr<acc_t>();
+  // Layers with zero rows (cos) are computed compactly, then spread out below.
+  std::vector<at::Tensor> compact(batch);
+  for (int64_t l = 0; l < batch; ++l)
+    compact[l] = layers[l].m == n ? out[l] : at::zeros({layers[l].m, layers[l].m}, options);
   int64_t slots = 0;
-  const std::vector<Item> items = make_items(layers, &slots);
-  for_each_tile_pair(layers, metric, items, [&](const Item& it, const double* dist) {
-    acc_t* base = m + it.layer * n * n;
-    for (int64_t r = 0; r < it.ni; ++r)
-      for (int64_t c = it.i0 == it.j0 ? r + 1 : 0; c < it.nj; ++c) {
-        const acc_t v = static_cast<acc_t>(dist[r * it.nj + c]);
-        base[(it.i0 + r) * n + it.j0 + c] = v;
-        base[(it.j0 + c) * n + it.i0 + r] = v;
-      }
+  const std::vector<Item> items = make_items(layers, metric, &slots);
+  for_each_item<acc_t>(items, [&](const Item& it, Scratch<acc_t>& s) {
+    const Layer<acc_t>& L = layers[it.layer];
+    acc_t* mat = compact[it.layer].template mutable_data_ptr<acc_t>();
+    if (L.direct) {
+      const double* dist = direct_block(L, metric, it, s);
+      for (int64_t r = 0; r < it.ni; ++r)
+        for (int64_t c = std::max<int64_t>(0, it.i0 + r + 1 - it.j0); c < it.nj; ++c)
+          mat[(it.i0 + r) * L.m + it.j0 + c] = static_cast<acc_t>(dist[r * it.nj + c]);
+      return;
+    }
+    const acc_t* g = gram_block(L, it, s);
+    for (int64_t r = 0; r < it.ni; ++r) {
+      const int64_t c0 = r + 1;
+      if (c0 >= it.nj) continue;
+      acc_t* dst = mat + (it.i0 + r) * L.m + it.j0 + c0;
+      const acc_t sq_i = L.sq[it.i0 + r];
+      if (metric == Metric::L2)
+        simd::l2_epilogue_store(g + r * it.nj + c0, sq_i, L.sq.data() + it.j0 + c0, dst, it.nj - c0);
+      else
+        simd::cos_epilogue_store(g + r * it.nj + c0, sq_i, L.sq.data() + it.j0 + c0, dst, it.nj - c0);
+    }
   });
+  for (int64_t l = 0; l < batch; ++l) {
+    const Layer<acc_t>& L = layers[l];
+    at::Tensor upper = compact[l].triu(1);
+    at::Tensor full = upper + upper.t();  // mirror the upper triangle: exactly symmetric
+    if (L.m == n) {
+      out[l].copy_(full);
+      continue;
+    }
+    at::Tensor dst = at::ones({n, n}, options);  // cos: zero rows are at distance 1
+    dst.fill_diagonal_(0);
+    auto idx = at::tensor(L.index, options.dtype(at::kLong));
+    dst.index_put_({idx.unsqueeze(1), idx.unsqueeze(0)}, full);
+    out[l].copy_(dst);
+  }
   return out;
 }
 
-// Prepares weights[k] (all of one dtype) and hands the layers to `run`.
+// Prepares weights[k] (all of one dtype) and hands the layers to `run`. Half and bfloat16
+// are computed in float32, float32 in float32, float64 in float64.
 template <typename Run>
 auto with_layers(std::string_view op, at::TensorList weights, const std::string& name,
                  bool indexed, Metric metric, const Run& run) {
-  const auto dtype = weights[0].scalar_type();
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fpgm_distance", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  auto prepare_all = [&](auto zero) {
+    using acc_t = decltype(zero);
     std::vector<Layer<acc_t>> layers;
     for (size_t k = 0; k < weights.size(); ++k) {
       const std::string arg = indexed ? name + "[" + std::to_string(k) + "]" : name;
-      layers.push_back(prepare<scalar_t, acc_t>(weights[k], metric, op, arg));
+      layers.push_back(prepare<acc_t>(weights[k], metric, op, arg));
     }
-    const auto options = weights[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    return run(layers, options);
-  });
+    return run(layers, weights[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  };
+  return weights[0].scalar_type() == at::kDouble ? prepare_all(0.0) : prepare_all(0.0f);
 }
 
 at::Tensor distance_scores_cpu(const at::Tensor& weight, c10::string_view metric) {

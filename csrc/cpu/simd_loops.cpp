@@ -1,0 +1,187 @@
+// See simd_loops.h. Plain loops over fixed-width lanes: GCC vectorises each clone for its
+// instruction set. Needs -fno-math-errno (std::sqrt would otherwise stay scalar).
+#include "simd_loops.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace fpgm::simd {
+namespace {
+
+constexpr int kLanes = 16;
+
+template <typename T>
+inline double sum_lanes(const T (&lane)[kLanes]) {
+  double s = 0.0;
+  for (int l = 0; l < kLanes; ++l) s += static_cast<double>(lane[l]);
+  return s;
+}
+
+template <typename T>
+inline void add_scaled_impl(const T* x, double scale, double* out, int64_t len) {
+  for (int64_t k = 0; k < len; ++k) out[k] += static_cast<double>(x[k]) * scale;
+}
+
+template <typename T>
+inline double sum_squares_impl(const T* x, int64_t len) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const double v = static_cast<double>(x[k + l]);
+      lane[l] += v * v;
+    }
+  double s = sum_lanes(lane);
+  for (; k < len; ++k) s += static_cast<double>(x[k]) * static_cast<double>(x[k]);
+  return s;
+}
+
+template <typename T>
+inline double centre_impl(const T* x, double scale, const double* mean, T* out, int64_t len) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T v = static_cast<T>(static_cast<double>(x[k + l]) * scale - mean[k + l]);
+      out[k + l] = v;
+      lane[l] += static_cast<double>(v) * static_cast<double>(v);
+    }
+  double s = sum_lanes(lane);
+  for (; k < len; ++k) {
+    const T v = static_cast<T>(static_cast<double>(x[k]) * scale - mean[k]);
+    out[k] = v;
+    s += static_cast<double>(v) * static_cast<double>(v);
+  }
+  return s;
+}
+
+template <typename T>
+inline T l2_of(T d2) {
+  return std::sqrt(std::max(d2, T(0)));
+}
+template <typename T>
+inline T cos_of(T d2) {
+  return std::min(std::max(T(0.5) * d2, T(0)), T(2));  // 1 - cos = |u - v|^2 / 2
+}
+
+template <typename T, typename F>
+inline double epilogue_impl(const T* g, T sq_i, const T* sq, double* colsum, int64_t len, F dist) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T d = dist(sq_i + sq[k + l] - T(2) * g[k + l]);
+      colsum[k + l] += static_cast<double>(d);
+      lane[l] += static_cast<double>(d);
+    }
+  double s = sum_lanes(lane);
+  for (; k < len; ++k) {
+    const T d = dist(sq_i + sq[k] - T(2) * g[k]);
+    colsum[k] += static_cast<double>(d);
+    s += static_cast<double>(d);
+  }
+  return s;
+}
+
+template <typename T, typename F>
+inline void epilogue_store_impl(const T* g, T sq_i, const T* sq, T* out, int64_t len, F dist) {
+  for (int64_t k = 0; k < len; ++k) out[k] = dist(sq_i + sq[k] - T(2) * g[k]);
+}
+
+struct AbsDiff {
+  template <typename T>
+  T operator()(T a, T b) const { return std::abs(a - b); }
+};
+struct SquaredDiff {
+  template <typename T>
+  T operator()(T a, T b) const { return (a - b) * (a - b); }
+};
+
+// Four rows of b against one row of a: each load of a serves four accumulators.
+template <typename T, typename Op>
+inline void diff_rows_impl(const T* a, const T* b, int64_t ldb, int64_t nb, int64_t len, double* acc,
+                           Op op) {
+  int64_t c = 0;
+  for (; c + 4 <= nb; c += 4) {
+    const T* b0 = b + c * ldb;
+    const T* b1 = b0 + ldb;
+    const T* b2 = b1 + ldb;
+    const T* b3 = b2 + ldb;
+    T l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {}, l3[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= len; k += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        const T v = a[k + l];
+        l0[l] += op(v, b0[k + l]);
+        l1[l] += op(v, b1[k + l]);
+        l2[l] += op(v, b2[k + l]);
+        l3[l] += op(v, b3[k + l]);
+      }
+    double s0 = sum_lanes(l0), s1 = sum_lanes(l1), s2 = sum_lanes(l2), s3 = sum_lanes(l3);
+    for (; k < len; ++k) {
+      s0 += op(static_cast<double>(a[k]), static_cast<double>(b0[k]));
+      s1 += op(static_cast<double>(a[k]), static_cast<double>(b1[k]));
+      s2 += op(static_cast<double>(a[k]), static_cast<double>(b2[k]));
+      s3 += op(static_cast<double>(a[k]), static_cast<double>(b3[k]));
+    }
+    acc[c] += s0;
+    acc[c + 1] += s1;
+    acc[c + 2] += s2;
+    acc[c + 3] += s3;
+  }
+  for (; c < nb; ++c) {
+    const T* bc = b + c * ldb;
+    T lane[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= len; k += kLanes)
+      for (int l = 0; l < kLanes; ++l) lane[l] += op(a[k + l], bc[k + l]);
+    double s = sum_lanes(lane);
+    for (; k < len; ++k) s += op(static_cast<double>(a[k]), static_cast<double>(bc[k]));
+    acc[c] += s;
+  }
+}
+
+}  // namespace
+
+#define FPGM_DEFINE_LOOPS(T)                                                                   \
+  FPGM_SIMD_CLONES void add_scaled(const T* x, double scale, double* out, int64_t len) {      \
+    add_scaled_impl(x, scale, out, len);                                                       \
+  }                                                                                            \
+  FPGM_SIMD_CLONES double sum_squares(const T* x, int64_t len) {                              \
+    return sum_squares_impl(x, len);                                                           \
+  }                                                                                            \
+  FPGM_SIMD_CLONES double centre(const T* x, double scale, const double* mean, T* out,        \
+                                 int64_t len) {                                                \
+    return centre_impl(x, scale, mean, out, len);                                              \
+  }                                                                                            \
+  FPGM_SIMD_CLONES double l2_epilogue(const T* g, T sq_i, const T* sq, double* colsum,        \
+                                      int64_t len) {                                           \
+    return epilogue_impl(g, sq_i, sq, colsum, len, l2_of<T>);                                  \
+  }                                                                                            \
+  FPGM_SIMD_CLONES double cos_epilogue(const T* g, T sq_i, const T* sq, double* colsum,       \
+                                       int64_t len) {                                          \
+    return epilogue_impl(g, sq_i, sq, colsum, len, cos_of<T>);                                 \
+  }                                                                                            \
+  FPGM_SIMD_CLONES void l2_epilogue_store(const T* g, T sq_i, const T* sq, T* out,            \
+                                          int64_t len) {                                       \
+    epilogue_store_impl(g, sq_i, sq, out, len, l2_of<T>);                                      \
+  }                                                                                            \
+  FPGM_SIMD_CLONES void cos_epilogue_store(const T* g, T sq_i, const T* sq, T* out,           \
+                                           int64_t len) {                                      \
+    epilogue_store_impl(g, sq_i, sq, out, len, cos_of<T>);                                     \
+  }                                                                                            \
+  FPGM_SIMD_CLONES void l1_rows(const T* a, const T* b, int64_t ldb, int64_t nb, int64_t len, \
+                                double* acc) {                                                 \
+    diff_rows_impl(a, b, ldb, nb, len, acc, AbsDiff{});                                        \
+  }                                                                                            \
+  FPGM_SIMD_CLONES void sqdiff_rows(const T* a, const T* b, int64_t ldb, int64_t nb,           \
+                                    int64_t len, double* acc) {                                \
+    diff_rows_impl(a, b, ldb, nb, len, acc, SquaredDiff{});                                    \
+  }
+
+FPGM_DEFINE_LOOPS(float)
+FPGM_DEFINE_LOOPS(double)
+
+#undef FPGM_DEFINE_LOOPS
+
+}  // namespace fpgm::simd
