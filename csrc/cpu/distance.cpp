@@ -36,6 +36,8 @@ constexpr int64_t kTile = 64;        // direct path: rows per tile
 constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles stay in cache)
 constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
                                      // Gram identity cancels for close pairs in few dimensions
+constexpr int64_t kDirectMaxWork = 1 << 20;  // and small layers (N^2 D up to this), where a
+                                             // BLAS call costs more than it saves
 
 // One layer prepared for the kernels: either the Gram path (l2, cos: BLAS products and
 // an epilogue) or the direct path (l1, and l2 / cos in few dimensions: a loop over
@@ -73,7 +75,7 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   at::Tensor x = weight.reshape({n, d}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
   const acc_t* xp = x.const_data_ptr<acc_t>();
   const int64_t grain = std::max<int64_t>(1, 32768 / d);
-  L.direct = metric == Metric::L1 || d <= kDirectMaxD;
+  L.direct = metric == Metric::L1 || d <= kDirectMaxD || n * n * d <= kDirectMaxWork;
 
   // Squared row norms: finiteness and unit rows (cos). The l2 Gram path needs neither: a
   // column mean below is finite exactly when its column is (float sums cannot overflow a
@@ -258,13 +260,16 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
   std::vector<at::Tensor> out;
   for (size_t l = 0; l < layers.size(); ++l) {
     const Layer<acc_t>& L = layers[l];
-    std::vector<double> full = sums[l];
-    if (L.m < L.n) {  // cos: zero rows sit at distance 1 from all others
+    at::Tensor scores = at::empty({L.n}, options);
+    acc_t* dst = scores.template mutable_data_ptr<acc_t>();
+    if (L.m == L.n) {
+      for (int64_t i = 0; i < L.n; ++i) dst[i] = static_cast<acc_t>(sums[l][i]);
+    } else {  // cos: zero rows sit at distance 1 from all others
       const double zeros = static_cast<double>(L.n - L.m);
-      full.assign(L.n, static_cast<double>(L.n - 1));
-      for (int64_t r = 0; r < L.m; ++r) full[L.index[r]] = sums[l][r] + zeros;
+      for (int64_t i = 0; i < L.n; ++i) dst[i] = static_cast<acc_t>(L.n - 1);
+      for (int64_t r = 0; r < L.m; ++r) dst[L.index[r]] = static_cast<acc_t>(sums[l][r] + zeros);
     }
-    out.push_back(at::tensor(full, options.dtype(at::kDouble)).to(options.dtype()));
+    out.push_back(scores);
   }
   return out;
 }

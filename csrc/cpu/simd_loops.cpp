@@ -5,25 +5,29 @@
 #include <algorithm>
 #include <cmath>
 
+// Every helper is forced inline so that each target clone compiles it for its own ISA
+// (an out-of-line helper would be compiled once, for the baseline).
+#define FPGM_INLINE inline __attribute__((always_inline))
+
 namespace fpgm::simd {
 namespace {
 
 constexpr int kLanes = 16;
 
 template <typename T>
-inline double sum_lanes(const T (&lane)[kLanes]) {
+FPGM_INLINE double sum_lanes(const T (&lane)[kLanes]) {
   double s = 0.0;
   for (int l = 0; l < kLanes; ++l) s += static_cast<double>(lane[l]);
   return s;
 }
 
 template <typename T>
-inline void add_scaled_impl(const T* x, double scale, double* out, int64_t len) {
+FPGM_INLINE void add_scaled_impl(const T* x, double scale, double* out, int64_t len) {
   for (int64_t k = 0; k < len; ++k) out[k] += static_cast<double>(x[k]) * scale;
 }
 
 template <typename T>
-inline double sum_squares_impl(const T* x, int64_t len) {
+FPGM_INLINE double sum_squares_impl(const T* x, int64_t len) {
   double lane[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
@@ -37,7 +41,7 @@ inline double sum_squares_impl(const T* x, int64_t len) {
 }
 
 template <typename T>
-inline double centre_impl(const T* x, double scale, const double* mean, T* out, int64_t len) {
+FPGM_INLINE double centre_impl(const T* x, double scale, const double* mean, T* out, int64_t len) {
   double lane[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
@@ -56,16 +60,16 @@ inline double centre_impl(const T* x, double scale, const double* mean, T* out, 
 }
 
 template <typename T>
-inline T l2_of(T d2) {
+FPGM_INLINE T l2_of(T d2) {
   return std::sqrt(std::max(d2, T(0)));
 }
 template <typename T>
-inline T cos_of(T d2) {
+FPGM_INLINE T cos_of(T d2) {
   return std::min(std::max(T(0.5) * d2, T(0)), T(2));  // 1 - cos = |u - v|^2 / 2
 }
 
 template <typename T, typename F>
-inline double epilogue_impl(const T* g, T sq_i, const T* sq, double* colsum, int64_t len, F dist) {
+FPGM_INLINE double epilogue_impl(const T* g, T sq_i, const T* sq, double* colsum, int64_t len, F dist) {
   double lane[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
@@ -84,22 +88,22 @@ inline double epilogue_impl(const T* g, T sq_i, const T* sq, double* colsum, int
 }
 
 template <typename T, typename F>
-inline void epilogue_store_impl(const T* g, T sq_i, const T* sq, T* out, int64_t len, F dist) {
+FPGM_INLINE void epilogue_store_impl(const T* g, T sq_i, const T* sq, T* out, int64_t len, F dist) {
   for (int64_t k = 0; k < len; ++k) out[k] = dist(sq_i + sq[k] - T(2) * g[k]);
 }
 
 struct AbsDiff {
   template <typename T>
-  T operator()(T a, T b) const { return std::abs(a - b); }
+  FPGM_INLINE T operator()(T a, T b) const { return std::abs(a - b); }
 };
 struct SquaredDiff {
   template <typename T>
-  T operator()(T a, T b) const { return (a - b) * (a - b); }
+  FPGM_INLINE T operator()(T a, T b) const { return (a - b) * (a - b); }
 };
 
 // Four rows of b against one row of a: each load of a serves four accumulators.
 template <typename T, typename Op>
-inline void diff_rows_impl(const T* a, const T* b, int64_t ldb, int64_t nb, int64_t len, double* acc,
+FPGM_INLINE void diff_rows_impl(const T* a, const T* b, int64_t ldb, int64_t nb, int64_t len, double* acc,
                            Op op) {
   int64_t c = 0;
   for (; c + 4 <= nb; c += 4) {
