@@ -36,8 +36,11 @@ def distance_matrix(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
 
 def distance_scores_multi(weights: Sequence[torch.Tensor], metric: str = "l2") -> List[torch.Tensor]:
     """``distance_scores`` of many layers (each its own N and D) in one call."""
-    if len(weights) == 0:
-        return []  # the dispatcher cannot route a call without tensors
+    if len(weights) == 0:  # the dispatcher cannot route a call without tensors
+        from .reference import check_metric
+
+        check_metric("distance_scores_multi", metric)
+        return []
     return torch.ops.fpgm.distance_scores_multi.default([w.detach() for w in weights], metric)
 
 

@@ -150,6 +150,8 @@ def test_multi(impl, device, metric, dtype):
 def test_multi_empty_list():
     assert fpgm_ext.distance_scores_multi([]) == []
     assert fpgm_ext.reference.distance_scores_multi([]) == []
+    with pytest.raises(ValueError, match="metric"):
+        fpgm_ext.distance_scores_multi([], "l3")
 
 
 def test_scores_deterministic_across_threads():
