@@ -101,3 +101,8 @@ def select(weight: torch.Tensor, rate_dist: float, rate_norm: float = 1.0,
     mask[torch.cat(pruned)] = True
     idx = torch.arange(n, device=weight.device)
     return Selection(keep=idx[~mask], prune=idx[mask])
+
+from .pruning import apply_plan, prune  # noqa: E402  (after the ops it uses)
+from . import models  # noqa: E402
+
+__all__ += ["prune", "apply_plan", "models"]

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The prepared GPU check, for a machine with a GPU and torch already installed (H100/H200:
+# torch 2.11 on Python 3.12, nvcc 13.0, no network). In a few minutes:
+#   1. builds the extension from source with its CUDA kernels
+#      (pip install --no-build-isolation --no-deps -e ., FPGM_EXT_CUDA=1,
+#       TORCH_CUDA_ARCH_LIST=9.0) and checks the CUDA kernels are in it;
+#   2. runs the CUDA tests (pytest -m cuda: the 'cuda' params of the parity tests and
+#      tests/test_cuda.py);
+#   3. runs the GPU benchmarks (bench/gpu_bench.py), whose table is printed last.
+# Exit status: non-zero if the build, a test or a benchmark's correctness check failed.
+#
+#   bash bench/gpu_check.sh         # on the GPU machine
+#   bash bench/gpu_check.sh --dry   # anywhere, no GPU: syntax, and the benchmark logic on
+#                                   # the CPU with tiny sizes; exits 0 when all is well
+# Environment: PYTHON (default: .venv/bin/python if present, else python3), CUDA_HOME
+# (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default nproc).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+step() { echo; echo "=== [$((SECONDS - start))s] $*"; }
+
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || command -v python); fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # bench/gpu_bench.py imports fpgm_ext
+
+if [[ "${1:-}" == "--dry" ]]; then
+  step "dry run: syntax of this script and of the Python it runs"
+  bash -n "$0" || exit 1
+  "$PYTHON" - bench/gpu_bench.py tests/test_cuda.py <<'EOF' || exit 1
+import ast, sys
+for path in sys.argv[1:]:
+    ast.parse(open(path).read(), path)
+    print("ok", path)
+EOF
+  step "dry run: the benchmark logic on the CPU, tiny sizes"
+  "$PYTHON" bench/gpu_bench.py --dry || exit 1
+  exit 0
+fi
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+"$CUDA_HOME/bin/nvcc" --version | tail -n 1
+"$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, \
+'| CUDA', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+
+step "build: pip install --no-build-isolation --no-deps -e . (FPGM_EXT_CUDA=1)"
+log="${TMPDIR:-/tmp}/fpgm_ext_gpu_build.$$.log"
+if ! FPGM_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    "$PYTHON" -m pip install -v --no-build-isolation --no-deps -e . >"$log" 2>&1; then
+  grep -v "^WARNING: Location" "$log" | tail -n 60
+  echo "BUILD FAILED (log: $log)"
+  exit 1
+fi
+sed -n '/fpgm_ext build configuration/,/sources/p' "$log" | head -n 8
+grep -E "(distance|gather)\.cu.*(warning|error)" "$log" | head -n 10
+"$PYTHON" -c "
+import fpgm_ext, torch
+info = fpgm_ext.backend_info()
+print('backend:', info['devices'], '| arch list:', info['build'].get('cuda_arch_list'))
+assert info['build'].get('with_cuda'), 'the library was built without its CUDA kernels'
+assert torch._C._dispatch_has_kernel_for_dispatch_key('fpgm::distance_scores', 'CUDA')
+" || { echo "CUDA KERNELS MISSING"; exit 1; }
+
+step "CUDA tests: pytest tests -m cuda"
+tests_rc=0
+timeout 300 "$PYTHON" -m pytest tests -m cuda -q -p no:cacheprovider -rfE --tb=short \
+  -o addopts="" --durations=5 >"$log.tests" 2>&1 || tests_rc=$?
+tail -n 40 "$log.tests"
+
+step "GPU benchmarks: bench/gpu_bench.py"
+bench_rc=0
+timeout 240 "$PYTHON" bench/gpu_bench.py || bench_rc=$?
+echo "[$((SECONDS - start))s] tests rc=$tests_rc, bench rc=$bench_rc (table above)" >&2
+[[ $tests_rc -eq 0 && $bench_rc -eq 0 ]]

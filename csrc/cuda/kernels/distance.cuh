@@ -1,0 +1,623 @@
+// Device code of fpgm::distance_scores, distance_matrix and distance_scores_multi.
+// No torch or CUDA header: see common.cuh for the three ways this file is compiled.
+//
+// Every call, one layer or a whole model, is the same five launches (l1: four, matrix:
+// four; one more when pairs are split) over all layers at once, each through a
+// device-side table (LayerDesc per layer, TileItem per tile pair):
+//
+//   1. row_stats_kernel     per row: sum of squares in float64 -> NaN/Inf flag of the
+//                           layer, cos: 1/|row| and the zero-row flag; zeroes the row's sum
+//   2. column_mean_kernel   l2, cos: per column, the mean of the rows (cos: of the unit
+//                           rows that are not zero), in float64, in a fixed order
+//   3. prepare_rows_kernel  per row: the prepared row in the accumulation type acc_t
+//                           (float32, or float64 for float64 input), padded with zeros to
+//                           a multiple of kTileK: l2 x - mean, cos x/|x| - mean, l1 x
+//                           (D <= 16, the direct path: l2 x, cos x/|x|); and
+//                           |prepared row|^2 exactly as the tile kernel sums it
+//   4. tile_kernel          per tile pair (I, J), J >= I, of every layer: a 64 x 64 tile
+//                           of Gram products (l2, cos), of sum |a - b| (l1) or of
+//                           sum (a - b)^2 (l2, cos with D <= 16: the direct path) from
+//                           shared memory, 4 x 4 outputs per thread, then the fused epilogue:
+//                           d^2 = sq_i + sq_j - 2 g, clamped at 0, sqrt (l2) or
+//                           min(max(d^2 / 2, 0), 2) with zero rows at 1 (cos); row and
+//                           column sums of the tile added to the scores with float64
+//                           atomics (or, for distance_matrix, both halves written out).
+//                           When a call has too few pairs to fill the GPU, each pair's
+//                           columns are split over several items (split-K): they leave
+//                           float64 partial tiles, and
+//   4b. split_finish_kernel adds them in a fixed order and runs the same epilogue
+//   5. finalize_kernel      scores: float64 sums -> the result dtype; NaN for a bad layer
+//
+// Accuracy (the contract of csrc/cpu/distance.cpp): centring the rows keeps
+// |a|^2 + |b|^2 - 2ab from cancelling between near-duplicate filters. Products are float32
+// FMAs (never TF32) accumulated in chunks of kTileK = 16 columns; each chunk's float32 sum
+// is added to a float64 total. The squared norms sq_i are built from the very same chunk
+// sums (same operands, same order of FMAs), so for two identical filters the kernel's
+// d^2 is exactly 0 rather than the rounding noise of a separate norm computation. Row
+// and column sums are float64 atomics: their order varies from run to run, which moves
+// the float64 sum in its last bits and almost never changes a float32 score.
+//
+// NaN or Inf in a weight: an op on the GPU cannot raise without a host synchronisation,
+// so the layer's scores (and its whole distance matrix) are set to NaN instead, and
+// never ranked silently. The row_stats flag is per layer: other layers are unaffected.
+#pragma once
+
+#include "common.cuh"
+
+#ifdef FPGM_KERNELS_HOST
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <vector>
+#endif
+
+namespace fpgm {
+namespace kernels {
+
+enum : int { kMetricL2 = 0, kMetricL1 = 1, kMetricCos = 2 };
+
+constexpr int kTile = 64;           // rows on each side of a tile pair
+constexpr int kTileK = 16;          // columns per shared-memory step, = the float32 chunk
+constexpr int kTileThreads = 256;   // 16 x 16 threads, 4 x 4 outputs each
+constexpr int kRowThreads = 128;    // row kernels: one block per row
+constexpr int kColsPerBlock = 32;   // column means: 32 columns x 8 row groups per block
+constexpr int kColGroups = 8;
+constexpr int kColThreads = kColsPerBlock * kColGroups;
+constexpr int kFinalThreads = 256;
+// l2 / cos with D up to this take the direct path, as the CPU kernel does: the distance
+// from sum (a - b)^2 of the uncentred rows (cos: unit rows), since the Gram identity
+// cancels for close pairs in few dimensions, where centring cannot help.
+constexpr int kDirectMaxD = 16;
+
+struct LayerDesc {
+  const void* x;           // input rows [n, d], contiguous, of the op's input dtype
+  void* out;               // scores [n] or matrix [n, n], of the result dtype acc_t
+  long long n, d, ld;      // ld: d rounded up to kTileK (prepared rows padded with zeros)
+  long long row_off;       // this layer's first row in the per-row arrays
+  long long col_off;       // its first column in the column-mean array
+  long long elem_off;      // its first element in the prepared rows
+  long long col_block_off; // its first block of column_mean_kernel
+  int direct;              // l2 / cos with d <= kDirectMaxD: sum (a - b)^2, no centring
+  int pad_;
+};
+
+struct TileItem {
+  int layer, ti, tj;  // tile pair (ti <= tj) of one layer: rows ti*kTile.., tj*kTile..
+  int k0, k1;         // the steps of kTileK columns it covers: [k0, k1)
+  int part;           // -1: the whole pair, finished by this item; else its slot in
+                      // DistanceArgs::partial (a pair split over several items)
+};
+
+// A tile pair whose columns were split over several items (when a call has too few tile
+// pairs to fill the GPU, e.g. one layer with N = 512 and D = 4608): split_finish_kernel
+// adds their partial tiles, in order, and finishes the pair.
+struct SplitPair {
+  int layer, ti, tj;
+  int first_part, parts;
+};
+
+template <typename acc_t>
+struct DistanceArgs {
+  const LayerDesc* layers;
+  const TileItem* items;
+  const SplitPair* pairs;
+  int num_layers;
+  int metric;
+  acc_t* rows;       // prepared rows (elem_off, ld)
+  double* sq;        // per row: |prepared row|^2 from float32 chunk sums
+  double* inv_norm;  // per row: cos 1/|row| (1 for a zero row); 1 otherwise
+  double* mean;      // per column (col_off)
+  double* sums;      // per row: the score accumulator
+  int* zero;         // per row: cos, the row is all zeros
+  int* bad;          // per layer: a row holds NaN or Inf (zero on entry)
+  int* nonzero;      // per layer: rows that are not all zeros (zero on entry)
+  double* partial;   // per part: the kTile x kTile sums of one item of a split pair
+};
+
+template <typename acc_t>
+__device__ __forceinline__ int layer_of_row(const DistanceArgs<acc_t>& a, long long r) {
+  const LayerDesc* L = a.layers;
+  return find_segment(a.num_layers, r, [L](int i) { return L[i].row_off; });
+}
+
+// 1. Sum of squares of each input row, in float64.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads) row_stats_kernel(DistanceArgs<acc_t> a) {
+  __shared__ double red[kRowThreads + 32];
+  const long long r = blockIdx.x;
+  const int l = layer_of_row(a, r);
+  const LayerDesc L = a.layers[l];
+  const scalar_t* x = static_cast<const scalar_t*>(L.x) + (r - L.row_off) * L.d;
+  double s = 0.0;
+  for (long long k = threadIdx.x; k < L.d; k += kRowThreads) {
+    const double v = to_double(x[k]);
+    s = fma(v, v, s);
+  }
+  s = block_sum<kRowThreads>(s, red);
+  if (threadIdx.x == 0) {
+    a.sums[r] = 0.0;
+    a.inv_norm[r] = 1.0;
+    a.zero[r] = 0;
+    if (!is_finite(s)) {
+      atomicOr(&a.bad[l], 1);
+    } else if (s == 0.0) {
+      a.zero[r] = 1;
+    } else {
+      atomicAdd(&a.nonzero[l], 1);
+      if (a.metric == kMetricCos) a.inv_norm[r] = 1.0 / sqrt(s);
+    }
+  }
+}
+
+// 2. Column means (l2: of the rows; cos: of the unit rows that are not zero), float64.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kColThreads) column_mean_kernel(DistanceArgs<acc_t> a) {
+  __shared__ double red[kColGroups][kColsPerBlock];
+  const long long b = blockIdx.x;
+  const LayerDesc* Ls = a.layers;
+  const int l = find_segment(a.num_layers, b, [Ls](int i) { return Ls[i].col_block_off; });
+  const LayerDesc L = Ls[l];
+  const int lane = static_cast<int>(threadIdx.x) % kColsPerBlock;
+  const int group = static_cast<int>(threadIdx.x) / kColsPerBlock;
+  const long long k = (b - L.col_block_off) * kColsPerBlock + lane;
+  const scalar_t* x = static_cast<const scalar_t*>(L.x);
+  const bool cos = a.metric == kMetricCos;
+  double s = 0.0;
+  if (k < L.d) {
+    for (long long i = group; i < L.n; i += kColGroups) {
+      if (cos && a.zero[L.row_off + i]) continue;
+      s += to_double(x[i * L.d + k]) * a.inv_norm[L.row_off + i];
+    }
+  }
+  red[group][lane] = s;
+  __syncthreads();
+  if (group == 0 && k < L.d) {
+    double total = 0.0;
+    for (int g = 0; g < kColGroups; ++g) total += red[g][lane];
+    const long long count = cos ? a.nonzero[l] : L.n;
+    a.mean[L.col_off + k] = count > 0 ? total / static_cast<double>(count) : 0.0;
+  }
+}
+
+// 3. Prepared rows in acc_t, zero-padded to ld, and their squared norms summed exactly as
+// tile_kernel sums a Gram entry: float32 FMAs over each chunk of kTileK columns (from
+// +0, in column order), each chunk's sum added in float64.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads) prepare_rows_kernel(DistanceArgs<acc_t> a) {
+  __shared__ double red[kRowThreads + 32];
+  const long long r = blockIdx.x;
+  const int l = layer_of_row(a, r);
+  const LayerDesc L = a.layers[l];
+  const long long local = r - L.row_off;
+  const scalar_t* x = static_cast<const scalar_t*>(L.x) + local * L.d;
+  acc_t* out = a.rows + L.elem_off + local * L.ld;
+  const bool raw = a.metric == kMetricL1 || L.direct;  // no centring
+  const double scale = a.inv_norm[r];                    // 1 but for cos
+  const double* mean = a.mean + L.col_off;
+  double sq = 0.0;
+  for (long long c = threadIdx.x; c < L.ld / kTileK; c += kRowThreads) {
+    acc_t chunk = 0;
+    for (int kk = 0; kk < kTileK; ++kk) {
+      const long long k = c * kTileK + kk;
+      acc_t v = 0;
+      if (k < L.d)
+        v = raw ? static_cast<acc_t>(to_double(x[k]) * scale)
+                : static_cast<acc_t>(to_double(x[k]) * scale - mean[k]);
+      out[k] = v;
+      chunk = fused_mul_add(v, v, chunk);
+    }
+    sq += static_cast<double>(chunk);
+  }
+  sq = block_sum<kRowThreads>(sq, red);
+  if (threadIdx.x == 0) a.sq[r] = sq;
+}
+
+// The distance of rows r, c of a layer from their Gram entry g (l2, cos).
+template <typename acc_t>
+__device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, long long r,
+                                                long long c, double g) {
+  const double d2 = a.sq[r] + a.sq[c] - 2.0 * g;
+  if (a.metric == kMetricL2) return sqrt(d2 > 0.0 ? d2 : 0.0);
+  if (a.zero[r] || a.zero[c]) return 1.0;  // a zero row has cosine distance 1
+  const double h = 0.5 * d2;                // 1 - cos = |u - v|^2 / 2 for unit u, v
+  return h < 0.0 ? 0.0 : (h > 2.0 ? 2.0 : h);
+}
+
+// The distance of rows r, c from sum (a - b)^2 over their columns (direct path).
+template <typename acc_t>
+__device__ __forceinline__ double direct_distance(const DistanceArgs<acc_t>& a, long long r,
+                                                  long long c, double d2) {
+  if (a.metric == kMetricL2) return sqrt(d2);
+  if (a.zero[r] || a.zero[c]) return 1.0;
+  const double h = 0.5 * d2;
+  return h > 2.0 ? 2.0 : h;
+}
+
+template <typename acc_t>
+struct alignas(16) TileShared {
+  union {
+    struct {
+      acc_t a[kTileK][kTile];  // a[k][row]: the tile's rows I, transposed
+      acc_t b[kTileK][kTile];  // b[k][row]: rows J
+    } tile;
+    struct {
+      double row[16][kTile];  // row[tx][r]: row sums of each thread column
+      double col[16][kTile];  // col[ty][c]: column sums of each thread row
+    } red;
+  };
+};
+
+// A layer holding NaN or Inf: NaN for the tile pair's entries of the matrix (scores: the
+// finalize kernel writes NaN, nothing to sum here).
+template <typename acc_t, bool kMatrix>
+__device__ __forceinline__ void tile_nan(const DistanceArgs<acc_t>& a, int layer, int ti, int tj) {
+  if constexpr (kMatrix) {
+    const LayerDesc& L = a.layers[layer];
+    const long long n = L.n, i0 = static_cast<long long>(ti) * kTile;
+    const long long j0 = static_cast<long long>(tj) * kTile;
+    acc_t* out = static_cast<acc_t*>(L.out);
+    for (int q = static_cast<int>(threadIdx.x); q < kTile * kTile; q += kTileThreads) {
+      const long long r = i0 + q / kTile, c = j0 + q % kTile;
+      if (r < n && c < n) {
+        out[r * n + c] = static_cast<acc_t>(quiet_nan());
+        out[c * n + r] = static_cast<acc_t>(quiet_nan());
+      }
+    }
+  }
+}
+
+// The fused epilogue of a tile pair from its sums `total` (Gram entries, or l1
+// distances): distances of the pairs the thread owns (c > r only on diagonal tiles), then
+// either written out (kMatrix: both halves and the zero diagonal) or summed per row and
+// per column of the tile, through shared memory in a fixed order, and added to the scores
+// with one float64 atomic per row and per column. Every thread of the block calls it.
+template <typename acc_t, bool kL1, bool kMatrix>
+__device__ __forceinline__ void tile_finish(const DistanceArgs<acc_t>& a, int layer, int ti,
+                                            int tj, const double (&total)[4][4],
+                                            TileShared<acc_t>& sm) {
+  const LayerDesc& L = a.layers[layer];
+  const long long n = L.n;
+  const long long i0 = static_cast<long long>(ti) * kTile;
+  const long long j0 = static_cast<long long>(tj) * kTile;
+  const bool diag = ti == tj;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % 16, ty = tid / 16;
+  acc_t* out = static_cast<acc_t*>(L.out);
+  double rowp[4] = {0.0, 0.0, 0.0, 0.0}, colp[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const long long r = i0 + ty * 4 + i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const long long c = j0 + tx * 4 + j;
+      const bool valid = r < n && c < n && (!diag || c > r);
+      double dist = 0.0;
+      if (valid) {
+        if constexpr (kL1) dist = total[i][j];
+        else if (L.direct) dist = direct_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
+        else dist = gram_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
+      }
+      if constexpr (kMatrix) {
+        if (valid) {
+          out[r * n + c] = static_cast<acc_t>(dist);
+          out[c * n + r] = static_cast<acc_t>(dist);
+        } else if (diag && r == c && r < n) {
+          out[r * n + r] = 0;
+        }
+      } else {
+        rowp[i] += dist;
+        colp[j] += dist;
+      }
+    }
+  }
+  if constexpr (!kMatrix) {
+    for (int i = 0; i < 4; ++i) sm.red.row[tx][ty * 4 + i] = rowp[i];
+    for (int j = 0; j < 4; ++j) sm.red.col[ty][tx * 4 + j] = colp[j];
+    __syncthreads();
+    if (tid < kTile) {
+      double s = 0.0;
+      for (int q = 0; q < 16; ++q) s += sm.red.row[q][tid];
+      if (i0 + tid < n) atomicAdd(&a.sums[L.row_off + i0 + tid], s);
+    } else if (tid < 2 * kTile) {
+      const int c = tid - kTile;
+      double s = 0.0;
+      for (int q = 0; q < 16; ++q) s += sm.red.col[q][c];
+      if (j0 + c < n) atomicAdd(&a.sums[L.row_off + j0 + c], s);
+    }
+  }
+}
+
+enum : int { kStepGram = 0, kStepAbsDiff = 1, kStepSquaredDiff = 2 };
+
+// One step of kTileK columns from shared memory: every output's float32 chunk (from +0,
+// in column order; the same FMAs as prepare_rows_kernel's squared norms), then added to
+// its float64 total.
+template <int kStep, typename acc_t>
+__device__ __forceinline__ void tile_step(const TileShared<acc_t>& sm, int ty, int tx,
+                                          double (&total)[4][4]) {
+  acc_t chunk[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) chunk[i][j] = 0;
+#pragma unroll
+  for (int kk = 0; kk < kTileK; ++kk) {
+    acc_t av[4], bv[4];
+    load4(&sm.tile.a[kk][ty * 4], av);
+    load4(&sm.tile.b[kk][tx * 4], bv);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (kStep == kStepGram) {
+          chunk[i][j] = fused_mul_add(av[i], bv[j], chunk[i][j]);
+        } else if constexpr (kStep == kStepAbsDiff) {
+          chunk[i][j] += absolute(av[i] - bv[j]);
+        } else {
+          const acc_t diff = av[i] - bv[j];
+          chunk[i][j] = fused_mul_add(diff, diff, chunk[i][j]);
+        }
+      }
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) total[i][j] += static_cast<double>(chunk[i][j]);
+}
+
+// 4. One tile item per block: a tile pair, or part of its columns. Thread (ty, tx) owns
+// rows ty*4..ty*4+3 and columns tx*4..tx*4+3 of the 64 x 64 tile. kL1: sum |a - b|
+// instead of the Gram product (and a direct-path layer sum (a - b)^2). kMatrix: write the
+// distances instead of summing them.
+template <typename acc_t, bool kL1, bool kMatrix>
+__global__ void __launch_bounds__(kTileThreads) tile_kernel(DistanceArgs<acc_t> a) {
+  __shared__ TileShared<acc_t> sm;
+  const TileItem it = a.items[blockIdx.x];
+  if (a.bad[it.layer]) {
+    if (it.part < 0) tile_nan<acc_t, kMatrix>(a, it.layer, it.ti, it.tj);
+    return;  // (a split pair gets its NaN in split_finish_kernel)
+  }
+  const LayerDesc& L = a.layers[it.layer];
+  const long long n = L.n, ld = L.ld;
+  const long long i0 = static_cast<long long>(it.ti) * kTile;
+  const long long j0 = static_cast<long long>(it.tj) * kTile;
+  const bool direct = L.direct != 0;  // the same for the whole block
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % 16, ty = tid / 16;
+
+  // Loader: thread tid brings 4 consecutive columns (lk..lk+3) of tile row lr, from both
+  // sides. Rows past n repeat row n-1 (in bounds; their results are masked out).
+  const int lr = tid / 4, lk = (tid % 4) * 4;
+  const acc_t* rows = a.rows + L.elem_off;
+  const acc_t* pa = rows + (i0 + lr < n ? i0 + lr : n - 1) * ld + lk;
+  const acc_t* pb = rows + (j0 + lr < n ? j0 + lr : n - 1) * ld + lk;
+  acc_t ra[4], rb[4];
+  load4(pa + static_cast<long long>(it.k0) * kTileK, ra);
+  load4(pb + static_cast<long long>(it.k0) * kTileK, rb);
+
+  double total[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) total[i][j] = 0.0;
+
+  for (long long s = it.k0; s < it.k1; ++s) {
+    for (int e = 0; e < 4; ++e) {
+      sm.tile.a[lk + e][lr] = ra[e];
+      sm.tile.b[lk + e][lr] = rb[e];
+    }
+    __syncthreads();
+    if (s + 1 < it.k1) {  // prefetch the next step while this one is computed
+      load4(pa + (s + 1) * kTileK, ra);
+      load4(pb + (s + 1) * kTileK, rb);
+    }
+    if constexpr (kL1) tile_step<kStepAbsDiff>(sm, ty, tx, total);
+    else if (direct) tile_step<kStepSquaredDiff>(sm, ty, tx, total);
+    else tile_step<kStepGram>(sm, ty, tx, total);
+    __syncthreads();
+  }
+
+  if (it.part >= 0) {  // part of a split pair: leave the sums for split_finish_kernel
+    double* part = a.partial + static_cast<long long>(it.part) * kTile * kTile;
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) part[(ty * 4 + i) * kTile + tx * 4 + j] = total[i][j];
+    return;
+  }
+  tile_finish<acc_t, kL1, kMatrix>(a, it.layer, it.ti, it.tj, total, sm);
+}
+
+// 4b. Split pairs only: adds the parts of each pair in order, then the same epilogue.
+template <typename acc_t, bool kL1, bool kMatrix>
+__global__ void __launch_bounds__(kTileThreads) split_finish_kernel(DistanceArgs<acc_t> a) {
+  __shared__ TileShared<acc_t> sm;
+  const SplitPair p = a.pairs[blockIdx.x];
+  if (a.bad[p.layer]) {
+    tile_nan<acc_t, kMatrix>(a, p.layer, p.ti, p.tj);
+    return;
+  }
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % 16, ty = tid / 16;
+  double total[4][4];
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      double s = 0.0;
+      for (int q = 0; q < p.parts; ++q)
+        s += a.partial[(static_cast<long long>(p.first_part) + q) * kTile * kTile +
+                       (ty * 4 + i) * kTile + tx * 4 + j];
+      total[i][j] = s;
+    }
+  tile_finish<acc_t, kL1, kMatrix>(a, p.layer, p.ti, p.tj, total, sm);
+}
+
+// 5. Scores in the result dtype; all NaN for a layer holding NaN or Inf.
+template <typename acc_t>
+__global__ void __launch_bounds__(kFinalThreads) finalize_kernel(DistanceArgs<acc_t> a,
+                                                                 long long rows) {
+  const long long r = static_cast<long long>(blockIdx.x) * kFinalThreads + threadIdx.x;
+  if (r >= rows) return;
+  const int l = layer_of_row(a, r);
+  const LayerDesc& L = a.layers[l];
+  acc_t* out = static_cast<acc_t*>(L.out);
+  out[r - L.row_off] = static_cast<acc_t>(a.bad[l] ? quiet_nan() : a.sums[r]);
+}
+
+#ifdef FPGM_KERNELS_HOST
+
+// The work tables and the workspace layout of one call, built on the host.
+//
+// One workspace (a single device allocation) holds, in order:
+//   [ layers | items | pairs | bad | nonzero ]  the table: a host image, one transfer
+//   [ sq | inv_norm | sums | mean | partial ]   float64
+//   [ zero ]                                     int
+//   [ rows ]                                     prepared rows, acc_t, 256-byte aligned
+struct DistancePlan {
+  std::vector<LayerDesc> layers;  // x and out are left null: the caller sets them
+  std::vector<TileItem> items;
+  std::vector<SplitPair> pairs;
+  long long rows = 0, cols = 0, elems = 0, col_blocks = 0, parts = 0;
+  size_t off_layers = 0, off_items = 0, off_pairs = 0, off_bad = 0, off_nonzero = 0;
+  size_t table_bytes = 0;
+  size_t off_sq = 0, off_inv = 0, off_sums = 0, off_mean = 0, off_partial = 0, off_zero = 0;
+  size_t off_rows = 0, total_bytes = 0;
+
+  // The host image of the table part [0, table_bytes) of the workspace.
+  void write_table(unsigned char* dst) const {
+    std::memset(dst, 0, table_bytes);
+    std::memcpy(dst + off_layers, layers.data(), layers.size() * sizeof(LayerDesc));
+    std::memcpy(dst + off_items, items.data(), items.size() * sizeof(TileItem));
+    if (!pairs.empty()) std::memcpy(dst + off_pairs, pairs.data(), pairs.size() * sizeof(SplitPair));
+  }
+
+  template <typename acc_t>
+  DistanceArgs<acc_t> args(void* workspace, int metric) const {
+    unsigned char* base = static_cast<unsigned char*>(workspace);
+    DistanceArgs<acc_t> a;
+    a.layers = reinterpret_cast<const LayerDesc*>(base + off_layers);
+    a.items = reinterpret_cast<const TileItem*>(base + off_items);
+    a.pairs = reinterpret_cast<const SplitPair*>(base + off_pairs);
+    a.num_layers = static_cast<int>(layers.size());
+    a.metric = metric;
+    a.rows = reinterpret_cast<acc_t*>(base + off_rows);
+    a.sq = reinterpret_cast<double*>(base + off_sq);
+    a.inv_norm = reinterpret_cast<double*>(base + off_inv);
+    a.mean = reinterpret_cast<double*>(base + off_mean);
+    a.sums = reinterpret_cast<double*>(base + off_sums);
+    a.zero = reinterpret_cast<int*>(base + off_zero);
+    a.bad = reinterpret_cast<int*>(base + off_bad);
+    a.nonzero = reinterpret_cast<int*>(base + off_nonzero);
+    a.partial = reinterpret_cast<double*>(base + off_partial);
+    return a;
+  }
+};
+
+inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+constexpr int kMaxSplit = 8;        // parts per tile pair, at most
+constexpr int kMinSplitSteps = 8;   // steps of kTileK columns per part, at least
+
+// Plans layers of n[k] rows of d[k] elements (n, d >= 1) for an accumulation type of
+// acc_size bytes and a metric (kMetric*). The work is every layer's upper-triangle tile pairs. When there are
+// fewer pairs than target_blocks (the caller's measure of a full GPU; 0: never), the
+// columns of each pair are split over up to kMaxSplit items (split-K) so that a single
+// layer with few filters but long rows still fills the machine. Items are sorted by
+// cost, largest first (better load balance).
+inline DistancePlan plan_distance(const long long* n, const long long* d, int num_layers,
+                                  size_t acc_size, int metric, long long target_blocks = 0) {
+  DistancePlan p;
+  long long pairs = 0;
+  for (int l = 0; l < num_layers; ++l) {
+    LayerDesc L{};
+    L.n = n[l];
+    L.d = d[l];
+    L.ld = (d[l] + kTileK - 1) / kTileK * kTileK;
+    L.row_off = p.rows;
+    L.col_off = p.cols;
+    L.elem_off = p.elems;
+    L.col_block_off = p.col_blocks;
+    L.direct = metric != kMetricL1 && L.d <= kDirectMaxD ? 1 : 0;
+    p.rows += L.n;
+    p.cols += L.d;
+    p.elems += L.n * L.ld;
+    p.col_blocks += (L.d + kColsPerBlock - 1) / kColsPerBlock;
+    p.layers.push_back(L);
+    const long long tiles = (L.n + kTile - 1) / kTile;
+    pairs += tiles * (tiles + 1) / 2;
+  }
+  long long split = 1;
+  if (target_blocks > pairs)
+    split = std::min<long long>(kMaxSplit, (target_blocks + pairs - 1) / pairs);
+  for (int l = 0; l < num_layers; ++l) {
+    const LayerDesc& L = p.layers[l];
+    const int tiles = static_cast<int>((L.n + kTile - 1) / kTile);
+    const int steps = static_cast<int>(L.ld / kTileK);
+    const int parts = static_cast<int>(std::max<long long>(1, std::min<long long>(split, steps / kMinSplitSteps)));
+    for (int ti = 0; ti < tiles; ++ti)
+      for (int tj = ti; tj < tiles; ++tj) {
+        if (parts == 1) {
+          p.items.push_back({l, ti, tj, 0, steps, -1});
+          continue;
+        }
+        const int first = static_cast<int>(p.parts);
+        p.pairs.push_back({l, ti, tj, first, parts});
+        for (int q = 0; q < parts; ++q)
+          p.items.push_back({l, ti, tj, static_cast<int>(static_cast<long long>(steps) * q / parts),
+                             static_cast<int>(static_cast<long long>(steps) * (q + 1) / parts),
+                             first + q});
+        p.parts += parts;
+      }
+  }
+  auto cost = [&p](const TileItem& t) {
+    const LayerDesc& L = p.layers[t.layer];
+    const long long ni = std::min<long long>(kTile, L.n - static_cast<long long>(t.ti) * kTile);
+    const long long nj = std::min<long long>(kTile, L.n - static_cast<long long>(t.tj) * kTile);
+    return ni * nj * (t.k1 - t.k0);
+  };
+  std::stable_sort(p.items.begin(), p.items.end(),
+                   [&](const TileItem& x, const TileItem& y) { return cost(x) > cost(y); });
+  const size_t L = p.layers.size(), R = static_cast<size_t>(p.rows);
+  size_t o = 0;
+  p.off_layers = o;  o = align_up(o + L * sizeof(LayerDesc), 16);
+  p.off_items = o;   o = align_up(o + p.items.size() * sizeof(TileItem), 16);
+  p.off_pairs = o;   o = align_up(o + p.pairs.size() * sizeof(SplitPair), 16);
+  p.off_bad = o;     o = align_up(o + L * sizeof(int), 16);
+  p.off_nonzero = o; o = align_up(o + L * sizeof(int), 16);
+  p.table_bytes = o;
+  p.off_sq = o;      o = align_up(o + R * sizeof(double), 16);
+  p.off_inv = o;     o = align_up(o + R * sizeof(double), 16);
+  p.off_sums = o;    o = align_up(o + R * sizeof(double), 16);
+  p.off_mean = o;    o = align_up(o + static_cast<size_t>(p.cols) * sizeof(double), 16);
+  p.off_partial = o; o = align_up(o + static_cast<size_t>(p.parts) * kTile * kTile * sizeof(double), 16);
+  p.off_zero = o;    o = align_up(o + R * sizeof(int), 256);
+  p.off_rows = o;    o = align_up(o + static_cast<size_t>(p.elems) * acc_size, 256);
+  p.total_bytes = o;
+  return p;
+}
+
+template <typename acc_t, bool kL1, bool kMatrix, typename Launch>
+void launch_tiles(const DistancePlan& p, const DistanceArgs<acc_t>& a, Launch&& launch) {
+  launch(&tile_kernel<acc_t, kL1, kMatrix>, static_cast<long long>(p.items.size()), kTileThreads, a);
+  if (!p.pairs.empty())
+    launch(&split_finish_kernel<acc_t, kL1, kMatrix>, static_cast<long long>(p.pairs.size()),
+           kTileThreads, a);
+}
+
+// The launches of one call, the same for one layer or many. `launch(kernel, blocks,
+// threads, args...)` launches on the caller's stream (or the emulation); it is never
+// called with blocks == 0. matrix: the outputs are [n, n] matrices, not scores.
+template <typename scalar_t, typename acc_t, typename Launch>
+void launch_distance(const DistancePlan& p, const DistanceArgs<acc_t>& a, bool matrix,
+                     Launch&& launch) {
+  launch(&row_stats_kernel<scalar_t, acc_t>, p.rows, kRowThreads, a);
+  if (a.metric != kMetricL1)
+    launch(&column_mean_kernel<scalar_t, acc_t>, p.col_blocks, kColThreads, a);
+  launch(&prepare_rows_kernel<scalar_t, acc_t>, p.rows, kRowThreads, a);
+  const bool l1 = a.metric == kMetricL1;
+  if (matrix) {
+    if (l1) launch_tiles<acc_t, true, true>(p, a, launch);
+    else launch_tiles<acc_t, false, true>(p, a, launch);
+    return;
+  }
+  if (l1) launch_tiles<acc_t, true, false>(p, a, launch);
+  else launch_tiles<acc_t, false, false>(p, a, launch);
+  launch(&finalize_kernel<acc_t>, (p.rows + kFinalThreads - 1) / kFinalThreads, kFinalThreads,
+         a, p.rows);
+}
+
+#endif  // FPGM_KERNELS_HOST
+
+}  // namespace kernels
+}  // namespace fpgm

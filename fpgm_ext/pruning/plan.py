@@ -1,0 +1,201 @@
+"""A pruning plan (the channels kept, per group and per module), its JSON form, and
+``apply_plan``: the weight surgery, all of it in one ``gather_channels`` call."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Union
+
+import torch
+from torch import nn
+
+from .layers import PadShortcut
+
+PLAN_FORMAT = "fpgm_ext.plan"
+PLAN_VERSION = 1
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass
+class Plan:
+    """What ``prune`` decided, enough to rebuild the pruned architecture from a fresh model.
+
+    ``modules`` maps a module name to the indices it keeps along each pruned dimension
+    (``out``/``in`` for convs, linears and ``PadShortcut``, ``channels`` for BatchNorm and
+    PReLU) with the original sizes (``out_size``/``in_size``/``size``), and ``groups`` for a
+    grouped conv; a dimension not listed is kept whole. ``groups`` lists the channel groups
+    for people to read: members, the units kept (``kept``), or why a group was left alone.
+    """
+    modules: Dict[str, Dict[str, Any]]
+    groups: List[Dict[str, Any]] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "meta": self.meta,
+                "groups": self.groups, "modules": self.modules}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Plan":
+        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
+            raise ValueError(f"fpgm_ext: not a pruning plan (expected format '{PLAN_FORMAT}')")
+        if d.get("version") != PLAN_VERSION:
+            raise ValueError(f"fpgm_ext: plan version {d.get('version')} is not supported "
+                             f"(this fpgm_ext reads version {PLAN_VERSION})")
+        return cls(modules=d["modules"], groups=d.get("groups", []), meta=d.get("meta", {}))
+
+    def to_json(self, indent=None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        with open(path, "w") as f:
+            f.write(self.to_json())
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Plan":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def _as_plan(plan) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, dict):
+        return Plan.from_dict(plan)
+    if isinstance(plan, (str, os.PathLike)):
+        return Plan.load(plan)
+    raise TypeError(f"fpgm_ext.apply_plan: plan must be a Plan, a dict or a JSON file path, got {type(plan).__name__}")
+
+
+def _indices(entry, key, size, name, device) -> torch.Tensor:
+    idx = entry.get(key)
+    if idx is None:
+        return torch.arange(size, device=device)
+    t = torch.as_tensor(idx, dtype=torch.int64)
+    if t.dim() != 1 or t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= size:
+        raise ValueError(f"fpgm_ext.apply_plan: the plan's '{key}' indices of {name} do not fit its size {size}")
+    return t.to(device)
+
+
+def _check_size(name, entry, key, actual):
+    want = entry.get(key)
+    if want is not None and want != actual:
+        raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this model: {name} has {key} "
+                         f"{actual}, the plan was made for {want}")
+
+
+def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn.Module:
+    """Rebuilds the pruned architecture that ``plan`` describes from ``model`` (the same
+    architecture, unpruned: e.g. a fresh instance, so that the pruned ``state_dict`` loads
+    into the result), and returns it. ``plan`` is a ``Plan``, its dict, or a JSON file path.
+
+    A copy is pruned unless ``inplace=True``. Every weight, bias and BatchNorm statistic is
+    gathered in one ``gather_channels`` call (``ops.gather_channels``; default the
+    ``torch.ops.fpgm`` operator): a conv or linear weight pruned on both sides is gathered
+    through its flattened ``[out * in, k]`` view with one combined index.
+    """
+    plan = _as_plan(plan)
+    if ops is None:
+        from .. import gather_channels
+    else:
+        gather_channels = ops.gather_channels
+    if not inplace:
+        model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    tensors, dims, indices, finish = [], [], [], []
+
+    def gather(t: torch.Tensor, dim: int, idx: torch.Tensor):
+        tensors.append(t.detach())
+        dims.append(dim)
+        indices.append(idx)
+        return len(tensors) - 1
+
+    for name, e in plan.modules.items():
+        m = modules.get(name)
+        if m is None:
+            raise ValueError(f"fpgm_ext.apply_plan: the plan names module '{name}', which this "
+                             f"{type(model).__name__} does not have")
+        if type(m).__name__ != e.get("type"):
+            raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this model: {name} is a "
+                             f"{type(m).__name__}, the plan was made for a {e.get('type')}")
+        if isinstance(m, (_CONV, nn.Linear)):
+            conv = isinstance(m, _CONV)
+            o, i = (m.out_channels, m.in_channels) if conv else (m.out_features, m.in_features)
+            _check_size(name, e, "out_size", o)
+            _check_size(name, e, "in_size", i)
+            dev = m.weight.device
+            out = _indices(e, "out", o, name, dev)
+            inn = _indices(e, "in", i, name, dev)
+            w = m.weight
+            if conv and m.groups != 1:
+                if len(inn) * m.groups % i:
+                    raise ValueError(f"fpgm_ext.apply_plan: {name} keeps {len(inn)} of {i} input channels, "
+                                     f"which is not a whole number of its {m.groups} groups")
+                groups = len(inn) * m.groups // i
+                if e.get("groups", groups) != groups:
+                    raise ValueError(f"fpgm_ext.apply_plan: the plan's groups of {name} do not match its channels")
+                k = gather(w, 0, out)
+                shape = (len(out),) + tuple(w.shape[1:])
+            else:
+                groups = 1
+                combined = (out[:, None] * i + inn[None, :]).reshape(-1)
+                k = gather(w.reshape(o * i, -1), 0, combined)
+                shape = (len(out), len(inn)) + tuple(w.shape[2:])
+            kb = gather(m.bias, 0, out) if m.bias is not None else None
+
+            def done(res, m=m, k=k, kb=kb, shape=shape, out=out, inn=inn, groups=groups, conv=conv):
+                m.weight = nn.Parameter(res[k].reshape(shape), requires_grad=m.weight.requires_grad)
+                if kb is not None:
+                    m.bias = nn.Parameter(res[kb], requires_grad=m.bias.requires_grad)
+                if conv:
+                    m.out_channels, m.in_channels, m.groups = len(out), len(inn), groups
+                else:
+                    m.out_features, m.in_features = len(out), len(inn)
+            finish.append(done)
+        elif isinstance(m, (_BN, nn.PReLU)):
+            size = m.num_features if isinstance(m, _BN) else m.num_parameters
+            _check_size(name, e, "size", size)
+            own = {a: getattr(m, a, None) for a in ("weight", "bias", "running_mean", "running_var")}
+            own = {a: t for a, t in own.items() if isinstance(t, torch.Tensor)}
+            if not own:
+                raise ValueError(f"fpgm_ext.apply_plan: {name} has no per-channel tensors to prune")
+            idx = _indices(e, "channels", size, name, next(iter(own.values())).device)
+            keys = {attr: gather(t, 0, idx) for attr, t in own.items()}
+
+            def done(res, m=m, keys=keys, n=len(idx)):
+                for attr, k in keys.items():
+                    old = getattr(m, attr)
+                    if isinstance(old, nn.Parameter):
+                        setattr(m, attr, nn.Parameter(res[k], requires_grad=old.requires_grad))
+                    else:
+                        setattr(m, attr, res[k])
+                if isinstance(m, nn.PReLU):
+                    m.num_parameters = n
+                else:
+                    m.num_features = n
+            finish.append(done)
+        elif isinstance(m, PadShortcut):
+            _check_size(name, e, "in_size", m.in_channels)
+            _check_size(name, e, "out_size", m.out_channels)
+            dev = m.src.device
+            keep_in = _indices(e, "in", m.in_channels, name, dev)
+            keep_out = _indices(e, "out", m.out_channels, name, dev)
+            new_in = torch.full((m.in_channels,), -1, dtype=torch.int64, device=dev)
+            new_in[keep_in] = torch.arange(len(keep_in), device=dev)
+            new_out = torch.full((m.out_channels,), -1, dtype=torch.int64, device=dev)
+            new_out[keep_out] = torch.arange(len(keep_out), device=dev)
+            src, dst = new_in[m.src], new_out[m.dst]
+            both = (src >= 0) & (dst >= 0)
+            m.src, m.dst = src[both].contiguous(), dst[both].contiguous()
+            m.in_channels, m.out_channels = len(keep_in), len(keep_out)
+        else:
+            raise ValueError(f"fpgm_ext.apply_plan: the plan prunes {name}, a {type(m).__name__}, "
+                             "which apply_plan does not know how to prune")
+    if tensors:
+        results = gather_channels(tensors, dims, indices)
+        for done in finish:
+            done(results)
+    return model

@@ -1,0 +1,371 @@
+"""``prune``: FPGM physical pruning of a whole model."""
+from __future__ import annotations
+
+import difflib
+import math
+import time
+from typing import Any, Dict, List, NamedTuple, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import graph as _graph
+from .flops import measure as _measure
+from .layers import PadShortcut
+from .plan import Plan, apply_plan
+from .report import LayerStat, PruneReport
+
+
+class PruneResult(NamedTuple):
+    model: nn.Module
+    report: PruneReport
+
+
+def _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore, min_channels, round_to, trace):
+    from ..reference import check_metric
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fpgm_ext.prune: model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, value in (("rate_dist", rate_dist), ("rate_norm", rate_norm)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError(f"fpgm_ext.prune: {name} must be a number, got {value!r}")
+    if not 0.0 <= rate_dist < 1.0:
+        raise ValueError(f"fpgm_ext.prune: rate_dist must be in [0, 1), got {rate_dist}")
+    if not 0.0 < rate_norm <= 1.0:
+        raise ValueError(f"fpgm_ext.prune: rate_norm must be in (0, 1], got {rate_norm} "
+                         "(1 - rate_norm is the fraction pruned by norm; 1 means none)")
+    check_metric("prune", metric)
+    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"fpgm_ext.prune: {name} must be an integer >= 1, got {value!r}")
+    if trace not in ("auto", "fx", "export"):
+        raise ValueError(f"fpgm_ext.prune: trace must be 'auto', 'fx' or 'export', got {trace!r}")
+    if isinstance(ignore, str):
+        ignore = [ignore]
+    ignore = list(ignore)
+    names = dict(model.named_modules())
+    for n in ignore:
+        if not isinstance(n, str) or n not in names or n == "":
+            close = difflib.get_close_matches(str(n), [k for k in names if k], n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"fpgm_ext.prune: ignore names {n!r}, which is not a submodule of "
+                             f"{type(model).__name__}{hint}")
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        elif not isinstance(example_inputs, (tuple, list)):
+            raise TypeError("fpgm_ext.prune: example_inputs must be a tensor or a tuple of positional "
+                            f"inputs, got {type(example_inputs).__name__}")
+        example_inputs = tuple(example_inputs)
+    elif trace == "export":
+        raise ValueError("fpgm_ext.prune: trace='export' needs example_inputs")
+    return example_inputs, ignore
+
+
+def _score_rows(use, units: int) -> torch.Tensor:
+    """A producer's filters, one row per unit (a unit of several channels, for grouped
+    convolutions, is the concatenation of its filters), in float64."""
+    w = use.module.weight.detach()
+    return w.reshape(units, -1).to(torch.float64)
+
+
+def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric, min_channels,
+            round_to, distance_scores_multi) -> Dict[int, torch.Tensor]:
+    """Kept units per pruned group: the official two-stage selection (DESIGN.md section 1)
+    over units, with all groups' distance scores in one distance_scores_multi call.
+
+    Each group gets an order of preference: the ``n_norm`` smallest-norm units (by norm),
+    then the candidates by their summed distance score; the first ``N - keep`` units of
+    that order are pruned. A stream fed through a ``PadShortcut`` is constrained: its
+    channel ``dst`` that receives input channel ``src`` may be pruned only if ``src`` is
+    pruned too (else the shortcut would carry a live value into a removed channel); its
+    zero-padded channels are free. A unit that may not be pruned is passed over for the
+    next one in the order, so the groups are decided upstream first."""
+    pending = {}
+    queue = []
+    for g in analysis.groups:
+        if frozen[g.id]:
+            continue
+        units = g.units
+        producers = analysis.producers(g)
+        if not producers:
+            frozen[g.id].append("no conv or linear produces these channels")
+            continue
+        unit_sizes = [analysis.spaces[s].size // units for s in g.spaces]
+        k_min = min(units, max(math.ceil(min_channels / b) for b in unit_sizes))
+        multiple = 1
+        for b in unit_sizes:
+            step = round_to // math.gcd(round_to, b)
+            multiple = multiple * step // math.gcd(multiple, step)
+        n_norm = int(units * (1 - rate_norm))
+        n_dist = int(units * rate_dist)
+        keep = max(units - n_norm - n_dist, k_min, 1)
+        keep = min(units, -(-keep // multiple) * multiple)
+        if keep == units:
+            continue
+        rows = [_score_rows(u, units) for u in producers]
+        for u, r in zip(producers, rows):
+            if not torch.isfinite(r).all():
+                raise ValueError(f"fpgm_ext.prune: the weight of {u.name} contains NaN or Inf; "
+                                 "FPGM scores would be meaningless")
+        norms = sum(r.norm(dim=1) for r in rows)
+        by_norm = torch.argsort(norms, stable=True)
+        candidates = by_norm[n_norm:].sort().values
+        first = len(queue)
+        if n_dist > 0:
+            queue += [r[candidates] for r in rows]
+        pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, first, len(rows))
+    scores = distance_scores_multi(queue, metric) if queue else []
+
+    # PadShortcut constraints: (input space, output space, src, dst)
+    links = [(u.in_segs[0].space, u.out_space, u.module.src.cpu(), u.module.dst.cpu())
+             for u in analysis.uses.values() if u.kind == "shortcut" and u.in_segs]
+    upstream = {gid: set() for gid in pending}
+    for s_in, s_out, _, _ in links:
+        g_in, g_out = analysis.group_of[s_in], analysis.group_of[s_out]
+        if g_out in pending:
+            if g_in == g_out:
+                frozen[g_out].append("a PadShortcut maps this group's channels onto themselves")
+                del pending[g_out]
+                upstream.pop(g_out)
+            elif g_in in pending:
+                upstream[g_out].add(g_in)
+
+    kept: Dict[int, torch.Tensor] = {}
+    spaces = analysis.spaces
+    while pending:
+        ready = [gid for gid in pending if not (upstream[gid] & pending.keys())]
+        if not ready:   # a cycle of shortcuts: leave those groups alone
+            for gid in pending:
+                frozen[gid].append("PadShortcuts link this group to itself through other groups")
+            break
+        for gid in ready:
+            g = analysis.groups[gid]
+            keep, multiple, by_norm, n_norm, candidates, n_dist, first, count = pending.pop(gid)
+            if n_dist > 0:
+                total = sum(scores[first + k].to(torch.float64) for k in range(count))
+                order = torch.cat([by_norm[:n_norm], candidates[torch.argsort(total, stable=True)]])
+            else:
+                order = by_norm
+            order = order.cpu()
+            allowed = torch.ones(g.units, dtype=torch.bool)
+            for s_in, s_out, src, dst in links:
+                if analysis.group_of[s_out] != gid:
+                    continue
+                g_in = analysis.groups[analysis.group_of[s_in]]
+                pruned_in = torch.ones(spaces[s_in].size, dtype=torch.bool)
+                b_in = spaces[s_in].size // g_in.units
+                kept_in = kept.get(g_in.id)
+                if kept_in is None:
+                    pruned_in[:] = False
+                else:
+                    pruned_in[(kept_in[:, None] * b_in + torch.arange(b_in)).reshape(-1)] = False
+                live = ~pruned_in[src]
+                allowed[dst[live] // (spaces[s_out].size // g.units)] = False
+            order = order[allowed[order]]
+            n_prune = g.units - keep
+            if len(order) < n_prune:   # fewer units may go: keep a multiple of round_to
+                n_prune = g.units - min(g.units, -(-(g.units - len(order)) // multiple) * multiple)
+            mask = torch.ones(g.units, dtype=torch.bool)
+            mask[order[:n_prune]] = False
+            if n_prune > 0:
+                kept[gid] = torch.arange(g.units)[mask]
+    return kept
+
+
+def _build_plan(analysis, frozen, kept, meta) -> Plan:
+    spaces = analysis.spaces
+    channels: Dict[int, List[int]] = {}     # space -> kept channel indices (pruned spaces only)
+    for g in analysis.groups:
+        if g.id in kept:
+            for s in g.spaces:
+                b = spaces[s].size // g.units
+                channels[s] = (kept[g.id][:, None] * b + torch.arange(b)).reshape(-1).tolist()
+
+    def expand(segs, factor):
+        if not any(seg.space in channels for seg in segs):
+            return None
+        idx, offset = [], 0
+        for seg in segs:
+            size = spaces[seg.space].size
+            keep = channels.get(seg.space)
+            for c in (keep if keep is not None else range(size)):
+                base = offset + c * factor
+                idx.extend(range(base, base + factor))
+            offset += size * factor
+        return idx
+
+    modules: Dict[str, Dict[str, Any]] = {}
+    for name, use in analysis.uses.items():
+        m = use.module
+        entry: Dict[str, Any] = {"type": type(m).__name__}
+        if use.kind in ("conv", "linear", "shortcut"):
+            if use.kind == "conv":
+                o, i = m.out_channels, m.in_channels
+            elif use.kind == "linear":
+                o, i = m.out_features, m.in_features
+            else:
+                o, i = m.out_channels, m.in_channels
+            entry.update(out_size=o, in_size=i)
+            out = channels.get(use.out_space)
+            inn = expand(use.in_segs, use.factor)
+            if out is None and inn is None:
+                continue
+            if out is not None:
+                entry["out"] = out
+            if inn is not None:
+                entry["in"] = inn
+                if use.kind == "conv" and m.groups != 1:
+                    entry["groups"] = len(inn) * m.groups // i
+        else:
+            size = m.num_features if use.kind == "bn" else m.num_parameters
+            entry["size"] = size
+            idx = expand(use.in_segs, use.factor)
+            if idx is None:
+                continue
+            entry["channels"] = idx
+        modules[name] = entry
+
+    groups = []
+    for g in analysis.groups:
+        producers = [spaces[s].producer for s in g.spaces if spaces[s].kind in ("conv", "linear", "shortcut")]
+        if not producers:
+            continue   # inputs and opaque tensors: not pruning candidates
+        groups.append({
+            "id": g.id,
+            "producers": producers,
+            "members": analysis.members(g),
+            "channels": [spaces[s].size for s in g.spaces],
+            "units": g.units,
+            "residual": g.residual,
+            "kept": kept[g.id].tolist() if g.id in kept else None,
+            "left_alone": "; ".join(frozen[g.id]) if frozen[g.id] else None,
+        })
+    return Plan(modules=modules, groups=groups, meta=meta)
+
+
+def _layers(model) -> Dict[str, tuple]:
+    """name -> (type, in channels, out channels, own parameters) of the conv/linear layers."""
+    info = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, PadShortcut)):
+            i, o = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
+            info[name] = (type(m).__name__, i, o, sum(p.numel() for p in m.parameters(recurse=False)))
+    return info
+
+
+def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] = None,
+          rate_dist: float = 0.4, rate_norm: float = 1.0, metric: str = "l2", *,
+          ignore: Union[str, Sequence[str]] = (), prune_residual: bool = True,
+          min_channels: int = 1, round_to: int = 1, inplace: bool = False,
+          trace: str = "auto", measure: bool = True, ops=None) -> PruneResult:
+    """FPGM filter pruning of a whole model: returns ``(pruned_model, report)``, the pruned
+    model physically smaller (a new module; ``model`` is untouched unless ``inplace=True``).
+    ``report.plan`` is the pruning plan: ``report.plan.save("plan.json")``, then
+    ``fpgm_ext.apply_plan(fresh_model, "plan.json")`` rebuilds the pruned architecture.
+
+    Channel dependencies come from the graph (``torch.fx``, else ``torch.export`` with
+    ``example_inputs``; see ``fpgm_ext.pruning.graph``): the channels that must be removed
+    together form a *group* (a conv and its BatchNorm and consumers; all producers of a
+    residual stream; a depthwise or grouped conv with its input, in whole conv groups).
+    Patterns the analysis does not understand are left unpruned and named in the report.
+
+    Scores for a group: each member's FPGM score over its own filters, summed over the
+    members. A member is a conv or linear layer whose output channels the group holds;
+    its "filter" for a unit is its filter rows for that unit (one row per channel; for a
+    grouped conv, a unit is one conv group and its rows are concatenated). Selection is the
+    official two-stage one (DESIGN.md section 1, as ``fpgm_ext.select``), over the group's
+    N units with its floor counts: ``int(N * (1 - rate_norm))`` units of smallest norm (the
+    sum over members of the L2 norm of their unit's rows), then ``int(N * rate_dist)`` of
+    the remaining candidates with the smallest summed score, distances taken among the
+    candidates only; scores in float64, ties to the lower index. A group of one member is
+    pruned exactly as ``fpgm_ext.select(weight, rate_dist, rate_norm)`` (unless
+    ``min_channels``, ``round_to`` or a ``PadShortcut`` constraint below keeps more).
+
+    The scores of the whole model are computed in one ``distance_scores_multi`` call and all
+    the weight surgery is one ``gather_channels`` call (``ops``: an object with those two
+    functions, default the ``torch.ops.fpgm`` operators; ``fpgm_ext.reference`` is the
+    pure-PyTorch one).
+
+    Args:
+        example_inputs: a tensor or tuple of positional inputs. Needed for the measured
+            FLOPs, for torch.export when fx cannot trace the model, and to know shapes
+            (a ``Linear`` is pruned only on a known ``[N, features]`` input).
+        rate_dist, rate_norm, metric: as ``fpgm_ext.select``; rate_dist in [0, 1),
+            rate_norm in (0, 1]; "FPGM-only 40 %" is ``rate_dist=0.4, rate_norm=1``.
+        ignore: module names (or prefixes: a container names all its submodules) to leave
+            alone: every group the module belongs to keeps all its channels, so the module
+            keeps its shape on both sides.
+        prune_residual: prune residual streams too (default, as the paper prunes every conv
+            layer). A stream's group holds every producer of the stream (the stem, each
+            block's last conv and BN, projection shortcuts), scored together and pruned at
+            the same indices. With the parameter-free ``PadShortcut`` the streams before and
+            after a stage change are separate groups; a channel of the later stream that the
+            shortcut feeds is pruned only with its source channel (its zero-padded channels
+            freely), the next unit in the selection order taken instead where needed, so
+            the pruned model still equals the original with its pruned filters zeroed.
+        min_channels: at least this many channels kept in every layer.
+        round_to: kept channel counts rounded up to a multiple of this (e.g. 8), where the
+            layer has that many channels to keep.
+        inplace: prune ``model`` itself instead of a copy.
+        trace: "auto" (fx, else export), "fx" or "export".
+        measure: measure FLOPs and parameters with FlopCounterMode (needs example_inputs).
+    """
+    t_start = time.perf_counter()
+    example_inputs, ignore = _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
+                                         min_channels, round_to, trace)
+    if ops is None:
+        from .. import distance_scores_multi
+    else:
+        distance_scores_multi = ops.distance_scores_multi
+    timings = {}
+    t = time.perf_counter()
+    analysis = _graph.analyse(model, example_inputs, trace)
+    timings["trace and analyse"] = time.perf_counter() - t
+
+    frozen = {g.id: list(g.reasons) for g in analysis.groups}
+    for g in analysis.groups:
+        members = analysis.members(g)
+        for n in ignore:
+            hit = [m for m in members if m == n or m.startswith(n + ".")]
+            if hit:
+                frozen[g.id].append(f"left alone: {hit[0]} is in ignore")
+        if g.residual and not prune_residual:
+            frozen[g.id].append("residual stream (prune_residual=False)")
+
+    t = time.perf_counter()
+    kept = _select(analysis, frozen, rate_dist, rate_norm, metric, min_channels, round_to,
+                   distance_scores_multi)
+    timings["score and select"] = time.perf_counter() - t
+    meta = {"model": type(model).__name__, "rate_dist": rate_dist, "rate_norm": rate_norm,
+            "metric": metric, "prune_residual": prune_residual, "min_channels": min_channels,
+            "round_to": round_to, "ignore": ignore, "tracer": analysis.tracer,
+            "torch": torch.__version__}
+    plan = _build_plan(analysis, frozen, kept, meta)
+
+    do_measure = measure and example_inputs is not None
+    layers_before = _layers(model)
+    params_before = sum(p.numel() for p in model.parameters())
+    t = time.perf_counter()
+    before = _measure(model, example_inputs) if do_measure else None
+    timings["measure"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pruned = apply_plan(model, plan, inplace=inplace, ops=ops)
+    timings["surgery"] = time.perf_counter() - t
+    t = time.perf_counter()
+    after = _measure(pruned, example_inputs) if do_measure else None
+    timings["measure"] += time.perf_counter() - t
+    layers_after = _layers(pruned)
+    layers = []
+    for name, (kind, i, o, p) in layers_before.items():
+        _, i2, o2, p2 = layers_after[name]
+        layers.append(LayerStat(name, kind, f"{i} -> {o}", f"{i2} -> {o2}",
+                                before.layer_flops.get(name) if before else None,
+                                after.layer_flops.get(name) if after else None, p, p2))
+    timings["total"] = time.perf_counter() - t_start
+    report = PruneReport(
+        plan=plan, tracer=analysis.tracer,
+        flops_before=before.flops if before else None, flops_after=after.flops if after else None,
+        params_before=params_before, params_after=sum(p.numel() for p in pruned.parameters()),
+        layers=layers, unsupported=list(dict.fromkeys(analysis.unsupported)), timings=timings)
+    return PruneResult(pruned, report)
