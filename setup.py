@@ -4,7 +4,8 @@ Build switches (environment):
   FPGM_EXT_CUDA=1   build the CUDA kernels, fail loudly if that is impossible
   FPGM_EXT_CUDA=0   skip them
   (unset)           build them when nvcc and a CUDA build of torch are present
-  TORCH_CUDA_ARCH_LIST   as torch reads it, e.g. "9.0"
+  TORCH_CUDA_ARCH_LIST   as torch reads it, e.g. "9.0"; without it and without a visible
+                         GPU, "9.0"
   FPGM_EXT_DEBUG=1  -O0 -g
 """
 import glob
@@ -59,6 +60,10 @@ def extensions():
     sources = [os.path.join("csrc", f) for f in ("ops.cpp", "build_info.cpp", "python_module.cpp")]
     sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if with_cuda and not arch and not torch.cuda.is_available():
+        # torch would otherwise compile for every architecture it knows (very slow); with a
+        # GPU present it picks that GPU's. Without one, default to Hopper (H100/H200).
+        arch = os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     defines = [("FPGM_EXT_BUILD_SYSTEM", '"setup.py"'), ("FPGM_EXT_CUDA_ARCH_LIST", f'"{arch}"')]
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-math-errno lets std::sqrt vectorise; it changes no result, only errno.
