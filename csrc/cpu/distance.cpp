@@ -8,6 +8,8 @@
 //   sqrt (l2) or d^2 / 2 (cos), row and column sums;
 // - l1, and l2 / cos with D <= 16 (where the Gram identity would cancel): tile pairs of
 //   64 x 64 rows, a SIMD |a - b| or (a - b)^2 loop over blocks of 256 columns.
+// Cosine *scores* need none of this: they have a closed form (cos_scores.cpp); the Gram
+// path serves cosine matrices.
 // No N x N buffer is allocated for scores: each item leaves its row and column sums in its
 // own slot, and the slots are added in a fixed order, so results do not depend on the
 // number of threads or on scheduling.
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "cos_scores.h"
 #include "simd_loops.h"
 
 namespace fpgm {
@@ -346,6 +349,7 @@ auto with_layers(std::string_view op, at::TensorList weights, const std::string&
 at::Tensor distance_scores_cpu(const at::Tensor& weight, c10::string_view metric) {
   const Metric m = parse_metric("distance_scores", metric);
   check_weight("distance_scores", "weight", weight);
+  if (m == Metric::Cos) return cos_scores_cpu({weight}, "distance_scores", "weight", false)[0];
   return with_layers("distance_scores", {weight}, "weight", false, m,
                      [&](const auto& layers, const at::TensorOptions& opt) {
                        return scores_impl(layers, m, opt)[0];
@@ -367,6 +371,7 @@ std::vector<at::Tensor> distance_scores_multi_cpu(at::TensorList weights,
                       "fpgm.distance_scores_multi: ", arg, " is on ", weights[k].device(),
                       " but weights[0] is on ", weights[0].device());
   }
+  if (m == Metric::Cos) return cos_scores_cpu(weights, "distance_scores_multi", "weights", true);
   return with_layers("distance_scores_multi", weights, "weights", true, m,
                      [&](const auto& layers, const at::TensorOptions& opt) {
                        return scores_impl(layers, m, opt);

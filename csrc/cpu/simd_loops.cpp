@@ -60,6 +60,23 @@ FPGM_INLINE double centre_impl(const T* x, double scale, const double* mean, T* 
 }
 
 template <typename T>
+FPGM_INLINE double centred_norm2_impl(const T* x, double scale, const double* mean, int64_t len) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const double v = static_cast<double>(x[k + l]) * scale - mean[k + l];
+      lane[l] += v * v;
+    }
+  double s = sum_lanes(lane);
+  for (; k < len; ++k) {
+    const double v = static_cast<double>(x[k]) * scale - mean[k];
+    s += v * v;
+  }
+  return s;
+}
+
+template <typename T>
 FPGM_INLINE T l2_of(T d2) {
   return std::sqrt(std::max(d2, T(0)));
 }
@@ -157,6 +174,10 @@ FPGM_INLINE void diff_rows_impl(const T* a, const T* b, int64_t ldb, int64_t nb,
   FPGM_SIMD_CLONES double centre(const T* x, double scale, const double* mean, T* out,        \
                                  int64_t len) {                                                \
     return centre_impl(x, scale, mean, out, len);                                              \
+  }                                                                                            \
+  FPGM_SIMD_CLONES double centred_norm2(const T* x, double scale, const double* mean,       \
+                                        int64_t len) {                                         \
+    return centred_norm2_impl(x, scale, mean, len);                                            \
   }                                                                                            \
   FPGM_SIMD_CLONES double l2_epilogue(const T* g, T sq_i, const T* sq, double* colsum,        \
                                       int64_t len) {                                           \

@@ -26,6 +26,10 @@ double sum_squares(const double* x, int64_t len);
 double centre(const float* x, double scale, const double* mean, float* out, int64_t len);
 double centre(const double* x, double scale, const double* mean, double* out, int64_t len);
 
+// sum_k (x[k] * scale - mean[k])^2, in double.
+double centred_norm2(const float* x, double scale, const double* mean, int64_t len);
+double centred_norm2(const double* x, double scale, const double* mean, int64_t len);
+
 // Distances of row i (|row|^2 = sq_i) against columns with squared norms sq[c] from
 // Gram entries g[c]: l2 d = sqrt(max(sq_i + sq_c - 2g, 0)); cos d = clamp((sq_i + sq_c - 2g)/2,
 // 0, 2). Adds each d to colsum[c]; returns the row's sum (double).
