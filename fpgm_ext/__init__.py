@@ -106,3 +106,6 @@ from .pruning import apply_plan, prune  # noqa: E402  (after the ops it uses)
 from . import models  # noqa: E402
 
 __all__ += ["prune", "apply_plan", "models"]
+from .soft import SoftFPGM  # noqa: E402
+
+__all__ += ["SoftFPGM"]

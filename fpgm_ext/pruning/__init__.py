@@ -5,17 +5,19 @@
     same = fpgm_ext.apply_plan(fresh_model, "plan.json")   # then load_state_dict(pruned.state_dict())
 
 graph.py  channel dependency groups from torch.fx / torch.export
-prune.py  prune(): scores (one distance_scores_multi call), two-stage selection, plan
-plan.py   Plan (JSON) and apply_plan(): the surgery (one gather_channels call)
+prune.py  prune(): scores (one distance_scores_multi call), two-stage selection, plan;
+          make_plan(): the plan alone, no surgery (SoftFPGM re-plans every epoch)
+plan.py   Plan (JSON) and apply_plan(): the surgery (one gather_channels call);
+          pruned_masks() / zero_pruned(): the same channels zeroed in place instead
 flops.py  measured FLOPs and parameters (FlopCounterMode)
 report.py PruneReport
 layers.py PadShortcut, the CIFAR ResNets' parameter-free shortcut, prunable by mapping
 """
 from .graph import Analysis, TraceFailure, analyse
 from .layers import PadShortcut
-from .plan import Plan, apply_plan
-from .prune import PruneResult, prune
+from .plan import Plan, apply_plan, pruned_masks, zero_pruned
+from .prune import PruneResult, make_plan, prune
 from .report import LayerStat, PruneReport
 
-__all__ = ["prune", "apply_plan", "analyse", "Plan", "PruneReport", "PruneResult", "LayerStat",
-           "PadShortcut", "Analysis", "TraceFailure"]
+__all__ = ["prune", "apply_plan", "make_plan", "pruned_masks", "zero_pruned", "analyse", "Plan",
+           "PruneReport", "PruneResult", "LayerStat", "PadShortcut", "Analysis", "TraceFailure"]

@@ -199,3 +199,48 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
         for done in finish:
             done(results)
     return model
+
+
+def pruned_masks(model: nn.Module, plan) -> Dict[str, torch.Tensor]:
+    """The tensors that ``plan`` prunes, as masks for zeroing them in place instead:
+    parameter name -> bool ``[size]`` over its first dimension, True where the channel is
+    kept. Listed: the weight and bias of every conv and linear layer whose output
+    channels are pruned, and of every BatchNorm and PReLU on pruned channels (nothing else:
+    running statistics stay, as a zero channel normalises to zero with zero affine)."""
+    plan = _as_plan(plan)
+    modules = dict(model.named_modules())
+    masks: Dict[str, torch.Tensor] = {}
+    for name, e in plan.modules.items():
+        m = modules.get(name)
+        if m is None:
+            raise ValueError(f"fpgm_ext: the plan names module '{name}', which this "
+                             f"{type(model).__name__} does not have")
+        if isinstance(m, PadShortcut):
+            continue
+        key, size = ("out", "out_size") if "out_size" in e else ("channels", "size")
+        if key not in e:
+            continue
+        for attr in ("weight", "bias"):
+            p = getattr(m, attr, None)
+            if not isinstance(p, torch.Tensor):
+                continue
+            if p.shape[0] != e[size]:
+                raise ValueError(f"fpgm_ext: the plan does not fit this model: {name}.{attr} has "
+                                 f"{p.shape[0]} channels, the plan was made for {e[size]}")
+            keep = torch.zeros(e[size], dtype=torch.bool)
+            keep[torch.as_tensor(e[key], dtype=torch.int64)] = True
+            masks[f"{name}.{attr}" if name else attr] = keep.to(p.device)
+    return masks
+
+
+def zero_pruned(model: nn.Module, plan) -> nn.Module:
+    """Zeroes, in place, the channels that ``plan`` prunes (the tensors of
+    ``pruned_masks``): the masked model, whose outputs the physically pruned
+    ``apply_plan(model, plan)`` reproduces. Returns ``model``."""
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, keep in pruned_masks(model, plan).items():
+            t = params.get(name, buffers.get(name))
+            t.masked_fill_(~keep.reshape((-1,) + (1,) * (t.dim() - 1)), 0)
+    return model

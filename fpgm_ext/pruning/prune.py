@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from typing import Any, Dict, List, NamedTuple, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -244,6 +244,50 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
     return Plan(modules=modules, groups=groups, meta=meta)
 
 
+def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
+            round_to, ops) -> Plan:
+    """The plan of ``model`` (already analysed): frozen groups, selection, plan."""
+    if ops is None:
+        from .. import distance_scores_multi
+    else:
+        distance_scores_multi = ops.distance_scores_multi
+    frozen = {g.id: list(g.reasons) for g in analysis.groups}
+    for g in analysis.groups:
+        members = analysis.members(g)
+        for n in ignore:
+            hit = [m for m in members if m == n or m.startswith(n + ".")]
+            if hit:
+                frozen[g.id].append(f"left alone: {hit[0]} is in ignore")
+        if g.residual and not prune_residual:
+            frozen[g.id].append("residual stream (prune_residual=False)")
+    kept = _select(analysis, frozen, rate_dist, rate_norm, metric, min_channels, round_to,
+                   distance_scores_multi)
+    meta = {"model": type(model).__name__, "rate_dist": rate_dist, "rate_norm": rate_norm,
+            "metric": metric, "prune_residual": prune_residual, "min_channels": min_channels,
+            "round_to": round_to, "ignore": ignore, "tracer": analysis.tracer,
+            "torch": torch.__version__}
+    return _build_plan(analysis, frozen, kept, meta)
+
+
+def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] = None,
+              rate_dist: float = 0.4, rate_norm: float = 1.0, metric: str = "l2", *,
+              ignore: Union[str, Sequence[str]] = (), prune_residual: bool = True,
+              min_channels: int = 1, round_to: int = 1, trace: str = "auto", ops=None,
+              analysis: Optional[_graph.Analysis] = None) -> Plan:
+    """The plan ``prune`` would apply to ``model``, decided on its current weights, without
+    the surgery (arguments as ``prune``). ``analysis``: the result of
+    ``fpgm_ext.pruning.analyse(model, example_inputs, trace)``, to skip the trace when the
+    same model is planned again and again (``SoftFPGM`` plans every epoch).
+    ``zero_pruned(model, plan)`` gives the masked model, ``apply_plan(model, plan)`` the
+    physically pruned one; the two compute the same outputs."""
+    example_inputs, ignore = _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
+                                         min_channels, round_to, trace)
+    if analysis is None:
+        analysis = _graph.analyse(model, example_inputs, trace)
+    return _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
+                   round_to, ops)
+
+
 def _layers(model) -> Dict[str, tuple]:
     """name -> (type, in channels, out channels, own parameters) of the conv/linear layers."""
     info = {}
@@ -314,34 +358,14 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     t_start = time.perf_counter()
     example_inputs, ignore = _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
                                          min_channels, round_to, trace)
-    if ops is None:
-        from .. import distance_scores_multi
-    else:
-        distance_scores_multi = ops.distance_scores_multi
     timings = {}
     t = time.perf_counter()
     analysis = _graph.analyse(model, example_inputs, trace)
     timings["trace and analyse"] = time.perf_counter() - t
-
-    frozen = {g.id: list(g.reasons) for g in analysis.groups}
-    for g in analysis.groups:
-        members = analysis.members(g)
-        for n in ignore:
-            hit = [m for m in members if m == n or m.startswith(n + ".")]
-            if hit:
-                frozen[g.id].append(f"left alone: {hit[0]} is in ignore")
-        if g.residual and not prune_residual:
-            frozen[g.id].append("residual stream (prune_residual=False)")
-
     t = time.perf_counter()
-    kept = _select(analysis, frozen, rate_dist, rate_norm, metric, min_channels, round_to,
-                   distance_scores_multi)
+    plan = _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
+                   round_to, ops)
     timings["score and select"] = time.perf_counter() - t
-    meta = {"model": type(model).__name__, "rate_dist": rate_dist, "rate_norm": rate_norm,
-            "metric": metric, "prune_residual": prune_residual, "min_channels": min_channels,
-            "round_to": round_to, "ignore": ignore, "tracer": analysis.tracer,
-            "torch": torch.__version__}
-    plan = _build_plan(analysis, frozen, kept, meta)
 
     do_measure = measure and example_inputs is not None
     layers_before = _layers(model)
