@@ -82,3 +82,22 @@ def test_gather_many_random(impl):
 def test_gather_empty_call():
     import fpgm_ext
     assert fpgm_ext.gather_channels([], [], []) == []
+
+
+# (dtype, inner elements): every block size the CPU kernel copies with a compiled size
+# (1, 2, 4, 8, 16, 18, 36, 72, 100, 196 bytes) and some it copies with memcpy (3, 20, 4608*4).
+BLOCKS = [(torch.uint8, 1), (torch.float16, 1), (torch.float32, 1), (torch.float64, 1),
+          (torch.float32, 4), (torch.float16, 9), (torch.float32, 9), (torch.float64, 9),
+          (torch.float32, 25), (torch.float32, 49), (torch.uint8, 3), (torch.float32, 5),
+          (torch.float32, 4608)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype,inner", BLOCKS, ids=lambda v: str(v))
+def test_gather_block_sizes(impl, dtype, inner):
+    """Blocks of each size, gathered along a middle dimension of a tensor large enough that
+    the parallel loop splits it in the middle of a row of kept channels."""
+    outer = max(2, 400_000 // (inner * 50))
+    t = _random((outer, 50, inner), dtype, "cpu")
+    idx = torch.randperm(50)[:37]
+    _check(impl, [t, t.reshape(outer * 50, inner)], [1, 0], [idx, torch.randperm(outer * 50)[:999]])
