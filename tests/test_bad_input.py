@@ -65,6 +65,20 @@ def test_bad_weight_in_multi(impl, case):
 
 
 @pytest.mark.parametrize("impl", OPS)
+@pytest.mark.parametrize("metric", ["l2", "l1", "cos"])
+def test_multi_names_the_first_bad_layer(impl, metric):
+    """Layers are prepared in parallel, largest first: the error still names the first bad
+    layer in list order, whichever of them is large or small."""
+    torch.manual_seed(0)
+    layers = [torch.randn(n, d) for n, d in ((4, 3), (300, 600), (8, 5), (16, 9), (200, 700))]
+    for bad in ([2, 4], [1, 3], [3, 4], [0, 1]):
+        ws = [w.clone() for w in layers]
+        for k in bad:
+            ws[k][1, 2] = float("nan")
+        _raises(OPS[impl]["distance_scores_multi"], (ws, metric), ValueError, [f"weights[{bad[0]}]", "NaN"])
+
+
+@pytest.mark.parametrize("impl", OPS)
 def test_multi_mixed_dtypes(impl):
     _raises(OPS[impl]["distance_scores_multi"], ([W, W.double()], "l2"), ValueError, ["weights[1]", "dtype"])
 

@@ -3,7 +3,7 @@
 // Every layer is flattened to rows F[N, D]. The work is a list of items over all layers
 // at once, scheduled dynamically on all threads, covering only the upper triangle of the
 // distance matrix (symmetry: about N^2 D / 2 multiply-adds per layer):
-// - l2 and cos: strips of 64 rows against the columns from their diagonal on, one BLAS
+// - l2 and cos: strips of 32 or 64 rows against the columns from their diagonal on, one BLAS
 //   product per strip and a fused SIMD epilogue: d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at 0,
 //   sqrt (l2) or d^2 / 2 (cos), row and column sums;
 // - l1, and l2 / cos with D <= 16 (where the Gram identity would cancel): tile pairs of
@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,12 @@
 namespace fpgm {
 namespace {
 
-constexpr int64_t kStripRows = 64;   // Gram path: rows of a strip (one BLAS product each)
+// Gram path: rows of a strip (one BLAS product each). Strips cover the upper triangle
+// with N^2 / 2 + N * rows / 2 products; thinner strips save more of the lower triangle
+// but make smaller BLAS calls. 32 rows for layers up to 256 filters (a 64-filter layer
+// computes 75 % of its full Gram instead of 100 %: measured 10-15 % faster), 64 above
+// (bench/NOTES.md section 2).
+inline int64_t strip_rows(int64_t m) { return m <= 256 ? 32 : 64; }
 constexpr int64_t kTile = 64;        // direct path: rows per tile
 constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles stay in cache)
 constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
@@ -149,8 +155,9 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
           slot += ni + nj;
         }
     } else {
-      for (int64_t i0 = 0; i0 < m; i0 += kStripRows) {
-        const int64_t ni = std::min(kStripRows, m - i0);
+      const int64_t rows = strip_rows(m);
+      for (int64_t i0 = 0; i0 < m; i0 += rows) {
+        const int64_t ni = std::min(rows, m - i0);
         items.push_back({l, i0, ni, i0, m - i0, slot});
         slot += ni + m - i0;
       }
@@ -170,17 +177,24 @@ struct Scratch {
   std::vector<double> dist;
 };
 
+// Runs body(k, worker_state) for k in [0, count) on all threads, each index taken by the
+// next free thread (dynamic scheduling: items differ in size by orders of magnitude).
+template <typename State, typename Body>
+void for_each_dynamic(int64_t count, const Body& body) {
+  const int64_t workers = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(workers, count), 1, [&](int64_t b, int64_t e) {
+    State state;
+    for (int64_t w = b; w < e; ++w)
+      for (int64_t k = next.fetch_add(1); k < count; k = next.fetch_add(1)) body(k, state);
+  });
+}
+
 // Runs every item on all threads, `body(item, scratch)`, scheduled dynamically.
 template <typename acc_t, typename Body>
 void for_each_item(const std::vector<Item>& items, const Body& body) {
-  const int64_t workers = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
-  std::atomic<int64_t> next{0};
-  const int64_t count = static_cast<int64_t>(items.size());
-  at::parallel_for(0, workers, 1, [&](int64_t b, int64_t e) {
-    Scratch<acc_t> scratch;
-    for (int64_t w = b; w < e; ++w)
-      for (int64_t k = next.fetch_add(1); k < count; k = next.fetch_add(1)) body(items[k], scratch);
-  });
+  for_each_dynamic<Scratch<acc_t>>(static_cast<int64_t>(items.size()),
+                                   [&](int64_t k, Scratch<acc_t>& s) { body(items[k], s); });
 }
 
 // Gram block g[ni, nj] of an item: one BLAS product (no TF32: a CPU sgemm/dgemm).
@@ -331,16 +345,43 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
 
 // Prepares weights[k] (all of one dtype) and hands the layers to `run`. Half and bfloat16
 // are computed in float32, float32 in float32, float64 in float64.
+// A layer holding more than its share of the elements (a single layer, or a model's few
+// largest) is prepared with all threads; the others are spread over the threads a layer
+// each, largest first: a parallel loop per small layer would cost more in fork and join
+// than its work (a CIFAR ResNet's 64 x 576 layers take microseconds each).
 template <typename Run>
 auto with_layers(std::string_view op, at::TensorList weights, const std::string& name,
                  bool indexed, Metric metric, const Run& run) {
   auto prepare_all = [&](auto zero) {
     using acc_t = decltype(zero);
-    std::vector<Layer<acc_t>> layers;
-    for (size_t k = 0; k < weights.size(); ++k) {
+    const int64_t count = static_cast<int64_t>(weights.size());
+    std::vector<Layer<acc_t>> layers(count);
+    std::vector<std::exception_ptr> errors(count);  // the first layer's error is reported
+    auto prepare_one = [&](int64_t k) {
       const std::string arg = indexed ? name + "[" + std::to_string(k) + "]" : name;
-      layers.push_back(prepare<acc_t>(weights[k], metric, op, arg));
+      try {
+        layers[k] = prepare<acc_t>(weights[k], metric, op, arg);
+      } catch (...) {
+        errors[k] = std::current_exception();
+      }
+    };
+    int64_t total = 0;
+    for (const at::Tensor& w : weights) total += w.numel();
+    const int64_t share = total / std::max(1, at::get_num_threads());
+    std::vector<int64_t> small;
+    for (int64_t k = 0; k < count; ++k) {
+      if (weights[k].numel() >= share) prepare_one(k);  // in turn, all threads each
+      else small.push_back(k);
     }
+    std::stable_sort(small.begin(), small.end(), [&](int64_t a, int64_t b) {
+      return weights[a].numel() > weights[b].numel();
+    });
+    // Inside this loop the kernels' own parallel_for calls run inline, on one thread.
+    struct None {};
+    for_each_dynamic<None>(static_cast<int64_t>(small.size()),
+                           [&](int64_t i, None&) { prepare_one(small[i]); });
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
     return run(layers, weights[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   };
   return weights[0].scalar_type() == at::kDouble ? prepare_all(0.0) : prepare_all(0.0f);
