@@ -367,12 +367,13 @@ def section(date: str, table: str, timings: Dict[str, float], args) -> str:
     return "\n".join(parts)
 
 
-def write_results(text: str, path: Path = RESULTS) -> None:
-    """Replaces the text between the cpu-bench markers of ``path`` (the markers included),
-    leaving every other section alone; appends the section when the markers are absent."""
+def write_results(text: str, path: Path = RESULTS, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces the text between the ``begin`` and ``end`` markers of ``path`` (the markers
+    included; ``text`` brings its own), leaving every other section alone; appends the
+    section when the markers are absent."""
     old = path.read_text() if path.exists() else "# fpgm_ext benchmark results\n"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    if begin in old and end in old and old.index(begin) < old.index(end):
+        new = old[: old.index(begin)] + text + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(new)

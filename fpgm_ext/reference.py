@@ -74,6 +74,7 @@ def _matrix(f: torch.Tensor, metric: str) -> torch.Tensor:
         sq = u.to(torch.float64).square().sum(-1)
         gram = (u @ u.transpose(-1, -2)).to(torch.float64)
         d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * gram
+        d2 = _recompute_close_pairs(u, sq, d2)
         if metric == "cos":
             d = (0.5 * d2).clamp(0, 2)
             d = torch.where(zero | zero.transpose(-1, -2), torch.ones_like(d), d)  # zero rows: 1
@@ -83,6 +84,26 @@ def _matrix(f: torch.Tensor, metric: str) -> torch.Tensor:
     # Exactly symmetric with a zero diagonal: keep the upper triangle and mirror it.
     d = d.triu(1)
     return d + d.transpose(-1, -2)
+
+
+_CLOSE_RATIO = 64.0  # as the CPU kernel: d^2 under 1/64 of |a|^2 + |b|^2 is recomputed
+
+
+def _recompute_close_pairs(u: torch.Tensor, sq: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """Filters in tight clusters away from the centre: there |a|^2 + |b|^2 - 2ab has
+    cancelled, so those pairs get sum_k (a_k - b_k)^2 directly, in float64 (in chunks, so
+    that a layer of many close pairs does not hold them all at once)."""
+    close = d2 * _CLOSE_RATIO < sq.unsqueeze(-1) + sq.unsqueeze(-2)
+    if not bool(close.any()):
+        return d2
+    rows = u.to(torch.float64).reshape(-1, u.shape[-2], u.shape[-1])   # [B, N, D]
+    flat = d2.reshape(-1, d2.shape[-2], d2.shape[-1]).clone()
+    b, i, j = close.reshape(flat.shape).nonzero(as_tuple=True)
+    chunk = max(1, (1 << 24) // max(1, u.shape[-1]))
+    for s in range(0, b.numel(), chunk):
+        bb, ii, jj = b[s:s + chunk], i[s:s + chunk], j[s:s + chunk]
+        flat[bb, ii, jj] = (rows[bb, ii] - rows[bb, jj]).square().sum(-1)
+    return flat.reshape(d2.shape)
 
 
 def _sum_rows(d: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,12 @@
 // own slot, and the slots are added in a fixed order, so results do not depend on the
 // number of threads or on scheduling.
 //
-// Accuracy: rows are centred on their mean (l2) or normalised then centred (cos), in
-// float64, before the Gram product. Distances do not change, but |a|^2 + |b|^2 - 2 a.b no
-// longer cancels catastrophically when filters are near-duplicates of each other.
+// Accuracy: |a|^2 + |b|^2 - 2 a.b cancels when a and b are close compared with their
+// norms. Two guards: rows are translated to (near) their mean before the Gram product
+// when the weights share a large common component (l2; cos always, after normalising),
+// which leaves distances unchanged and makes the norms small; and any pair still closer
+// than 1/8 of its norms (filters in a tight cluster, near-duplicates) is recomputed
+// directly, sum (a - b)^2 in float64.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -45,6 +48,8 @@ constexpr int64_t kTile = 64;        // direct path: rows per tile
 constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles stay in cache)
 constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
                                      // Gram identity cancels for close pairs in few dimensions
+constexpr int64_t kCentreRows = 64;   // Gram path: rows whose mean is the centre
+constexpr double kCentreRatio = 64.0;  // l2 centres when |centre|^2 > mean |row|^2 / 64
 constexpr int64_t kDirectMaxWork = 1 << 20;  // and small layers (N^2 D up to this), where a
                                              // BLAS call costs more than it saves
 
@@ -86,18 +91,13 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   const int64_t grain = std::max<int64_t>(1, 32768 / d);
   L.direct = metric == Metric::L1 || d <= kDirectMaxD || n * n * d <= kDirectMaxWork;
 
-  // Squared row norms: finiteness and unit rows (cos). The l2 Gram path needs neither: a
-  // column mean below is finite exactly when its column is (float sums cannot overflow a
-  // double).
-  std::vector<double> norm2;
-  if (metric != Metric::L2 || L.direct) {
-    norm2.resize(n);
-    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
-    });
-    for (int64_t i = 0; i < n; ++i)
-      TORCH_CHECK_VALUE(std::isfinite(norm2[i]), nonfinite_message(op, name));
-  }
+  // Squared row norms: finiteness, unit rows (cos), and whether l2 needs centring.
+  std::vector<double> norm2(n);
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
+  });
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_VALUE(std::isfinite(norm2[i]), nonfinite_message(op, name));
   if (metric != Metric::Cos && L.direct) {
     L.rows = x;
     L.m = n;
@@ -116,26 +116,57 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   L.m = static_cast<int64_t>(src.size());
   if (L.m < n) L.index = src;
   const int64_t m = L.m;
-  // Column means of the (unit) rows, summed in row order: deterministic. None on the
-  // direct path, which needs no centring.
+  // The centre: column means of up to kCentreRows evenly spaced (unit) rows, summed in row
+  // order (deterministic). Any common translation leaves every distance exact; the centre
+  // only has to sit near the rows' mean so that |a|^2 + |b|^2 - 2 a.b does not cancel, and
+  // the mean of 64 spread rows is within about spread / 8 of the full one, at a fraction of
+  // a pass over the weight. None on the direct path, which needs no centring.
   std::vector<double> mean(d, 0.0);
   if (!L.direct) {
+    const int64_t count = std::min<int64_t>(m, kCentreRows);
+    std::vector<int64_t> pick(count);
+    for (int64_t k = 0; k < count; ++k) pick[k] = src[k * m / count];
     at::parallel_for(0, d, 512, [&](int64_t b, int64_t e) {
-      for (int64_t r = 0; r < m; ++r)
-        simd::add_scaled(xp + src[r] * d + b, scale[src[r]], mean.data() + b, e - b);
-      for (int64_t k = b; k < e; ++k) mean[k] /= static_cast<double>(std::max<int64_t>(m, 1));
+      for (int64_t r : pick) simd::add_scaled(xp + r * d + b, scale[r], mean.data() + b, e - b);
+      for (int64_t k = b; k < e; ++k) mean[k] /= static_cast<double>(std::max<int64_t>(count, 1));
     });
-    for (int64_t k = 0; k < d; ++k)
-      TORCH_CHECK_VALUE(std::isfinite(mean[k]), nonfinite_message(op, name));
+  }
+  if (metric == Metric::L2) {
+    // Centring shrinks |a|^2 + |b|^2 by about |centre|^2 each: where that is under 1/64 of
+    // the mean squared norm (weights of mean near zero, as most trained layers), it gains
+    // nothing the close-pair check does not already guarantee; the rows are used as they
+    // are, no copy.
+    double centre_sq = 0.0, mean_norm2 = 0.0;
+    for (int64_t k = 0; k < d; ++k) centre_sq += mean[k] * mean[k];
+    for (int64_t i = 0; i < n; ++i) mean_norm2 += norm2[i];
+    if (centre_sq * kCentreRatio <= mean_norm2 / static_cast<double>(n)) {
+      L.rows = x;
+      L.sq.assign(n, 0);
+      for (int64_t i = 0; i < n; ++i) L.sq[i] = static_cast<acc_t>(norm2[i]);
+      return L;
+    }
   }
   L.rows = at::empty({m, d}, x.options());
   acc_t* out = L.rows.template mutable_data_ptr<acc_t>();
   L.sq.resize(m);
-  at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r)
-      L.sq[r] = static_cast<acc_t>(
-          simd::centre(xp + src[r] * d, scale[src[r]], mean.data(), out + r * d, d));
-  });
+  std::vector<double> sq(m);
+  if (metric == Metric::L2) {
+    // Unscaled rows: x - centre in acc_t, one rounding, as exact as rounding the
+    // difference taken in double, at a fraction of the cost.
+    std::vector<acc_t> centre(mean.begin(), mean.end());
+    at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) sq[r] = simd::shift(xp + r * d, centre.data(), out + r * d, d);
+    });
+  } else {
+    at::parallel_for(0, m, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        sq[r] = simd::centre(xp + src[r] * d, scale[src[r]], mean.data(), out + r * d, d);
+    });
+  }
+  for (int64_t r = 0; r < m; ++r) {
+    TORCH_CHECK_VALUE(std::isfinite(sq[r]), nonfinite_message(op, name));
+    L.sq[r] = static_cast<acc_t>(sq[r]);
+  }
   return L;
 }
 
@@ -231,6 +262,34 @@ const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it,
   return s.dist.data();
 }
 
+// Close pairs on the Gram path. d^2 = |a|^2 + |b|^2 - 2 a.b loses about
+// (|a|^2 + |b|^2) / d^2 times the rounding of the operands: centring makes the norms small
+// for most layers, but filters in tight clusters (near-duplicates, the case FPGM exists
+// for) still sit far from the centre and close to each other. The epilogues leave out the
+// pairs with d^2 < (|a|^2 + |b|^2) / kCloseRatio and count them; a row that had any is
+// fixed up here: exactly those pairs (simd::is_close), sum_k (a_k - b_k)^2 in float64.
+template <typename acc_t>
+double exact_distance(const Layer<acc_t>& L, Metric metric, int64_t row_a, int64_t row_b) {
+  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
+  const acc_t* a = rows + row_a * L.d;
+  const acc_t* b = rows + row_b * L.d;
+  double e = 0.0;
+  for (int64_t k0 = 0; k0 < L.d; k0 += kBlock)
+    simd::sqdiff_rows(a + k0, b + k0, L.d, 1, std::min(kBlock, L.d - k0), &e);
+  if (metric == Metric::L2) return std::sqrt(e);
+  return std::min(0.5 * e, 2.0);  // cos: unit rows, 1 - cos = |u - v|^2 / 2
+}
+
+// Calls fix(c, distance) for each close pair of row r of a Gram block, columns [c0, nj).
+template <typename acc_t, typename Fix>
+void fix_close_pairs(const Layer<acc_t>& L, Metric metric, const Item& it, const acc_t* g,
+                     int64_t r, int64_t c0, const Fix& fix) {
+  const acc_t sq_i = L.sq[it.i0 + r];
+  for (int64_t c = c0; c < it.nj; ++c)
+    if (simd::is_close(g[r * it.nj + c], sq_i, L.sq[it.j0 + c]))
+      fix(c, exact_distance(L, metric, it.i0 + r, it.j0 + c));
+}
+
 template <typename acc_t>
 std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
                                     const at::TensorOptions& options) {
@@ -257,9 +316,15 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
       if (c0 >= it.nj) continue;
       const acc_t* grow = g + r * it.nj + c0;
       const acc_t sq_i = L.sq[it.i0 + r];
+      int64_t close = 0;
       rsum[r] += metric == Metric::L2
-                     ? simd::l2_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0)
-                     : simd::cos_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0);
+                     ? simd::l2_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close)
+                     : simd::cos_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close);
+      if (close > 0)
+        fix_close_pairs(L, metric, it, g, r, c0, [&](int64_t c, double d) {
+          rsum[r] += d;
+          csum[c] += d;
+        });
     }
   });
   // Add the slots in a fixed order (not completion order): deterministic results.
@@ -320,10 +385,15 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
       if (c0 >= it.nj) continue;
       acc_t* dst = mat + (it.i0 + r) * L.m + it.j0 + c0;
       const acc_t sq_i = L.sq[it.i0 + r];
-      if (metric == Metric::L2)
-        simd::l2_epilogue_store(g + r * it.nj + c0, sq_i, L.sq.data() + it.j0 + c0, dst, it.nj - c0);
-      else
-        simd::cos_epilogue_store(g + r * it.nj + c0, sq_i, L.sq.data() + it.j0 + c0, dst, it.nj - c0);
+      const acc_t* grow = g + r * it.nj + c0;
+      const acc_t* sq = L.sq.data() + it.j0 + c0;
+      const int64_t close = metric == Metric::L2
+                                ? simd::l2_epilogue_store(grow, sq_i, sq, dst, it.nj - c0)
+                                : simd::cos_epilogue_store(grow, sq_i, sq, dst, it.nj - c0);
+      if (close > 0)
+        fix_close_pairs(L, metric, it, g, r, c0, [&](int64_t c, double d) {
+          dst[c - c0] = static_cast<acc_t>(d);
+        });
     }
   });
   for (int64_t l = 0; l < batch; ++l) {

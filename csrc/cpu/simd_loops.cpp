@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 // Every helper is forced inline so that each target clone compiles it for its own ISA
 // (an out-of-line helper would be compiled once, for the baseline).
@@ -41,7 +42,8 @@ FPGM_INLINE double sum_squares_impl(const T* x, int64_t len) {
 }
 
 template <typename T>
-FPGM_INLINE double centre_impl(const T* x, double scale, const double* mean, T* out, int64_t len) {
+FPGM_INLINE double centre_impl(const T* __restrict x, double scale, const double* __restrict mean,
+                                T* __restrict out, int64_t len) {
   double lane[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
@@ -53,6 +55,26 @@ FPGM_INLINE double centre_impl(const T* x, double scale, const double* mean, T* 
   double s = sum_lanes(lane);
   for (; k < len; ++k) {
     const T v = static_cast<T>(static_cast<double>(x[k]) * scale - mean[k]);
+    out[k] = v;
+    s += static_cast<double>(v) * static_cast<double>(v);
+  }
+  return s;
+}
+
+template <typename T>
+FPGM_INLINE double shift_impl(const T* __restrict x, const T* __restrict c, T* __restrict out,
+                               int64_t len) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T v = x[k + l] - c[k + l];
+      out[k + l] = v;
+      lane[l] += static_cast<double>(v) * static_cast<double>(v);
+    }
+  double s = sum_lanes(lane);
+  for (; k < len; ++k) {
+    const T v = x[k] - c[k];
     out[k] = v;
     s += static_cast<double>(v) * static_cast<double>(v);
   }
@@ -85,28 +107,61 @@ FPGM_INLINE T cos_of(T d2) {
   return std::min(std::max(T(0.5) * d2, T(0)), T(2));  // 1 - cos = |u - v|^2 / 2
 }
 
+// The squared distance of a Gram entry and whether it is close: d^2 under 1 / kCloseRatio
+// of sq_i + sq_c, where the difference has cancelled too far to be trusted. Evaluated
+// bit-identically wherever it is inlined, vectorised or not, contracted to an FMA or not
+// (2g and d^2 * 64 are exact, so s - 2g rounds once either way): the caller's fix-up pass
+// finds exactly the pairs the epilogue left out.
+template <typename T>
+FPGM_INLINE T gram_d2(T g, T sq_i, T sq_c, bool* close) {
+  const T s = sq_i + sq_c;
+  const T d2 = s - T(2) * g;
+  *close = d2 * T(kCloseRatio) < s;
+  return d2;
+}
+
 template <typename T, typename F>
-FPGM_INLINE double epilogue_impl(const T* g, T sq_i, const T* sq, double* colsum, int64_t len, F dist) {
+FPGM_INLINE double epilogue_impl(const T* __restrict g, T sq_i, const T* __restrict sq,
+                                 double* __restrict colsum, int64_t len,
+                                 int64_t* close_pairs, F dist) {
   double lane[kLanes] = {};
+  int64_t close_lane[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const T d = dist(sq_i + sq[k + l] - T(2) * g[k + l]);
+      bool close;
+      const T d2 = gram_d2(g[k + l], sq_i, sq[k + l], &close);
+      const T d = close ? T(0) : dist(d2);
+      close_lane[l] += close;
       colsum[k + l] += static_cast<double>(d);
       lane[l] += static_cast<double>(d);
     }
   double s = sum_lanes(lane);
+  int64_t n_close = 0;
+  for (int l = 0; l < kLanes; ++l) n_close += close_lane[l];
   for (; k < len; ++k) {
-    const T d = dist(sq_i + sq[k] - T(2) * g[k]);
+    bool close;
+    const T d2 = gram_d2(g[k], sq_i, sq[k], &close);
+    const T d = close ? T(0) : dist(d2);
+    n_close += close;
     colsum[k] += static_cast<double>(d);
     s += static_cast<double>(d);
   }
+  *close_pairs = n_close;
   return s;
 }
 
 template <typename T, typename F>
-FPGM_INLINE void epilogue_store_impl(const T* g, T sq_i, const T* sq, T* out, int64_t len, F dist) {
-  for (int64_t k = 0; k < len; ++k) out[k] = dist(sq_i + sq[k] - T(2) * g[k]);
+FPGM_INLINE int64_t epilogue_store_impl(const T* __restrict g, T sq_i, const T* __restrict sq,
+                                        T* __restrict out, int64_t len, F dist) {
+  int64_t n_close = 0;
+  for (int64_t k = 0; k < len; ++k) {
+    bool close;
+    const T d2 = gram_d2(g[k], sq_i, sq[k], &close);
+    out[k] = close ? T(0) : dist(d2);
+    n_close += close;
+  }
+  return n_close;
 }
 
 struct AbsDiff {
@@ -175,25 +230,33 @@ FPGM_INLINE void diff_rows_impl(const T* a, const T* b, int64_t ldb, int64_t nb,
                                  int64_t len) {                                                \
     return centre_impl(x, scale, mean, out, len);                                              \
   }                                                                                            \
+  FPGM_SIMD_CLONES double shift(const T* x, const T* c, T* out, int64_t len) {               \
+    return shift_impl(x, c, out, len);                                                         \
+  }                                                                                            \
   FPGM_SIMD_CLONES double centred_norm2(const T* x, double scale, const double* mean,       \
                                         int64_t len) {                                         \
     return centred_norm2_impl(x, scale, mean, len);                                            \
   }                                                                                            \
   FPGM_SIMD_CLONES double l2_epilogue(const T* g, T sq_i, const T* sq, double* colsum,        \
-                                      int64_t len) {                                           \
-    return epilogue_impl(g, sq_i, sq, colsum, len, l2_of<T>);                                  \
+                                      int64_t len, int64_t* close) {                           \
+    return epilogue_impl(g, sq_i, sq, colsum, len, close, l2_of<T>);                           \
   }                                                                                            \
   FPGM_SIMD_CLONES double cos_epilogue(const T* g, T sq_i, const T* sq, double* colsum,       \
-                                       int64_t len) {                                          \
-    return epilogue_impl(g, sq_i, sq, colsum, len, cos_of<T>);                                 \
+                                       int64_t len, int64_t* close) {                          \
+    return epilogue_impl(g, sq_i, sq, colsum, len, close, cos_of<T>);                          \
   }                                                                                            \
-  FPGM_SIMD_CLONES void l2_epilogue_store(const T* g, T sq_i, const T* sq, T* out,            \
-                                          int64_t len) {                                       \
-    epilogue_store_impl(g, sq_i, sq, out, len, l2_of<T>);                                      \
+  FPGM_SIMD_CLONES int64_t l2_epilogue_store(const T* g, T sq_i, const T* sq, T* out,         \
+                                             int64_t len) {                                    \
+    return epilogue_store_impl(g, sq_i, sq, out, len, l2_of<T>);                               \
   }                                                                                            \
-  FPGM_SIMD_CLONES void cos_epilogue_store(const T* g, T sq_i, const T* sq, T* out,           \
-                                           int64_t len) {                                      \
-    epilogue_store_impl(g, sq_i, sq, out, len, cos_of<T>);                                     \
+  FPGM_SIMD_CLONES int64_t cos_epilogue_store(const T* g, T sq_i, const T* sq, T* out,        \
+                                              int64_t len) {                                   \
+    return epilogue_store_impl(g, sq_i, sq, out, len, cos_of<T>);                              \
+  }                                                                                            \
+  FPGM_SIMD_CLONES bool is_close(T g, T sq_i, T sq_c) {                                        \
+    bool close;                                                                                \
+    gram_d2(g, sq_i, sq_c, &close);                                                            \
+    return close;                                                                              \
   }                                                                                            \
   FPGM_SIMD_CLONES void l1_rows(const T* a, const T* b, int64_t ldb, int64_t nb, int64_t len, \
                                 double* acc) {                                                 \

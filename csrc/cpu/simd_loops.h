@@ -26,23 +26,40 @@ double sum_squares(const double* x, int64_t len);
 double centre(const float* x, double scale, const double* mean, float* out, int64_t len);
 double centre(const double* x, double scale, const double* mean, double* out, int64_t len);
 
+// out[k] = x[k] - c[k] (one rounding); returns sum(out^2) in double.
+double shift(const float* x, const float* c, float* out, int64_t len);
+double shift(const double* x, const double* c, double* out, int64_t len);
+
 // sum_k (x[k] * scale - mean[k])^2, in double.
 double centred_norm2(const float* x, double scale, const double* mean, int64_t len);
 double centred_norm2(const double* x, double scale, const double* mean, int64_t len);
 
+// Close pairs: a squared distance d^2 = sq_i + sq_c - 2g under 1 / kCloseRatio of
+// sq_i + sq_c has cancelled too far to be trusted (filters in a tight cluster away from
+// the centre); the epilogues leave such pairs out (distance 0), count them, and the caller
+// recomputes exactly the pairs is_close() names, directly. The test is bit-identical in
+// every clone and in scalar code.
+constexpr double kCloseRatio = 64.0;
+bool is_close(float g, float sq_i, float sq_c);
+bool is_close(double g, double sq_i, double sq_c);
+
 // Distances of row i (|row|^2 = sq_i) against columns with squared norms sq[c] from
 // Gram entries g[c]: l2 d = sqrt(max(sq_i + sq_c - 2g, 0)); cos d = clamp((sq_i + sq_c - 2g)/2,
-// 0, 2). Adds each d to colsum[c]; returns the row's sum (double).
-double l2_epilogue(const float* g, float sq_i, const float* sq, double* colsum, int64_t len);
-double cos_epilogue(const float* g, float sq_i, const float* sq, double* colsum, int64_t len);
-double l2_epilogue(const double* g, double sq_i, const double* sq, double* colsum, int64_t len);
-double cos_epilogue(const double* g, double sq_i, const double* sq, double* colsum, int64_t len);
+// 0, 2). Adds each d to colsum[c]; returns the row's sum (double). Close pairs count 0,
+// and *close is how many there were.
+double l2_epilogue(const float* g, float sq_i, const float* sq, double* colsum, int64_t len, int64_t* close);
+double cos_epilogue(const float* g, float sq_i, const float* sq, double* colsum, int64_t len, int64_t* close);
+double l2_epilogue(const double* g, double sq_i, const double* sq, double* colsum, int64_t len,
+                   int64_t* close);
+double cos_epilogue(const double* g, double sq_i, const double* sq, double* colsum, int64_t len,
+                    int64_t* close);
 
-// Same, writing the distances to out[c] (distance_matrix) instead of summing them.
-void l2_epilogue_store(const float* g, float sq_i, const float* sq, float* out, int64_t len);
-void cos_epilogue_store(const float* g, float sq_i, const float* sq, float* out, int64_t len);
-void l2_epilogue_store(const double* g, double sq_i, const double* sq, double* out, int64_t len);
-void cos_epilogue_store(const double* g, double sq_i, const double* sq, double* out, int64_t len);
+// Same, writing the distances to out[c] (distance_matrix) instead of summing them (close
+// pairs: 0); returns how many pairs were close.
+int64_t l2_epilogue_store(const float* g, float sq_i, const float* sq, float* out, int64_t len);
+int64_t cos_epilogue_store(const float* g, float sq_i, const float* sq, float* out, int64_t len);
+int64_t l2_epilogue_store(const double* g, double sq_i, const double* sq, double* out, int64_t len);
+int64_t cos_epilogue_store(const double* g, double sq_i, const double* sq, double* out, int64_t len);
 
 // acc[c] += sum_k |a[k] - b_c[k]| for the rows b_c = b + c * ldb, c < nb, k < len.
 void l1_rows(const float* a, const float* b, int64_t ldb, int64_t nb, int64_t len, double* acc);

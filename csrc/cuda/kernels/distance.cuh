@@ -212,13 +212,30 @@ __global__ void __launch_bounds__(kRowThreads) prepare_rows_kernel(DistanceArgs<
   if (threadIdx.x == 0) a.sq[r] = sq;
 }
 
-// The distance of rows r, c of a layer from their Gram entry g (l2, cos).
+// The distance of rows r, c (global row indices) of layer L from their Gram entry g (l2,
+// cos). Filters in tight clusters away from the centre (near-duplicates, the case FPGM
+// exists for) leave d^2 = sq_r + sq_c - 2g a small difference of large terms that has
+// cancelled: where d^2 is under 1 / kCloseRatio of sq_r + sq_c, it is recomputed from
+// the prepared rows, sum (a - b)^2 in float64, as the CPU kernel does. Such pairs are
+// rare outside clustered layers; each costs one thread a pass over the two rows.
+constexpr double kCloseRatio = 64.0;
+
 template <typename acc_t>
-__device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, long long r,
-                                                long long c, double g) {
-  const double d2 = a.sq[r] + a.sq[c] - 2.0 * g;
+__device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, const LayerDesc& L,
+                                                long long r, long long c, double g) {
+  if (a.metric == kMetricCos && (a.zero[r] || a.zero[c])) return 1.0;  // zero row: distance 1
+  const double sum_sq = a.sq[r] + a.sq[c];
+  double d2 = sum_sq - 2.0 * g;
+  if (d2 * kCloseRatio < sum_sq) {
+    const acc_t* x = a.rows + L.elem_off + (r - L.row_off) * L.ld;
+    const acc_t* y = a.rows + L.elem_off + (c - L.row_off) * L.ld;
+    d2 = 0.0;
+    for (long long k = 0; k < L.d; ++k) {
+      const double diff = static_cast<double>(x[k]) - static_cast<double>(y[k]);
+      d2 += diff * diff;
+    }
+  }
   if (a.metric == kMetricL2) return sqrt(d2 > 0.0 ? d2 : 0.0);
-  if (a.zero[r] || a.zero[c]) return 1.0;  // a zero row has cosine distance 1
   const double h = 0.5 * d2;                // 1 - cos = |u - v|^2 / 2 for unit u, v
   return h < 0.0 ? 0.0 : (h > 2.0 ? 2.0 : h);
 }
@@ -295,7 +312,7 @@ __device__ __forceinline__ void tile_finish(const DistanceArgs<acc_t>& a, int la
       if (valid) {
         if constexpr (kL1) dist = total[i][j];
         else if (L.direct) dist = direct_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
-        else dist = gram_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
+        else dist = gram_distance(a, L, L.row_off + r, L.row_off + c, total[i][j]);
       }
       if constexpr (kMatrix) {
         if (valid) {
