@@ -3,16 +3,18 @@
 // Every layer is flattened to rows F[N, D]. The work is a list of items over all layers
 // at once, scheduled dynamically on all threads, covering only the upper triangle of the
 // distance matrix (symmetry: about N^2 D / 2 multiply-adds per layer):
-// - l2 and cos: strips of 32 or 64 rows against the columns from their diagonal on, one BLAS
-//   product per strip and a fused SIMD epilogue: d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at 0,
-//   sqrt (l2) or d^2 / 2 (cos), row and column sums;
+// - l2 and cos: the upper triangle cut recursively into off-diagonal rectangles and small
+//   diagonal leaves, one BLAS product each, and a fused SIMD epilogue:
+//   d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at 0, sqrt (l2) or d^2 / 2 (cos), row and column sums;
 // - l1, and l2 / cos with D <= 16 (where the Gram identity would cancel): tile pairs of
 //   64 x 64 rows, a SIMD |a - b| or (a - b)^2 loop over blocks of 256 columns.
 // Cosine *scores* need none of this: they have a closed form (cos_scores.cpp); the Gram
 // path serves cosine matrices.
 // No N x N buffer is allocated for scores: each item leaves its row and column sums in its
-// own slot, and the slots are added in a fixed order, so results do not depend on the
-// number of threads or on scheduling.
+// own slot, and the slots are added in a fixed order, so results do not depend on
+// scheduling: the same on every run with the same number of threads. (The thread count
+// decides how finely large Gram rectangles are cut, which may move a float64 sum in its
+// last bits, rarely a float32 score.)
 //
 // Accuracy: |a|^2 + |b|^2 - 2 a.b cancels when a and b are close compared with their
 // norms. Two guards: rows are translated to (near) their mean before the Gram product
@@ -38,12 +40,14 @@
 namespace fpgm {
 namespace {
 
-// Gram path: rows of a strip (one BLAS product each). Strips cover the upper triangle
-// with N^2 / 2 + N * rows / 2 products; thinner strips save more of the lower triangle
-// but make smaller BLAS calls. 32 rows for layers up to 256 filters (a 64-filter layer
-// computes 75 % of its full Gram instead of 100 %: measured 10-15 % faster), 64 above
-// (bench/NOTES.md section 2).
-inline int64_t strip_rows(int64_t m) { return m <= 256 ? 32 : 64; }
+// Gram path: the upper triangle is cut recursively, each triangle into its off-diagonal
+// rectangle (one BLAS product, all of it needed) and two half-size triangles, down to
+// diagonal leaves computed whole: N^2 / 2 + N * leaf / 2 products, in large square-ish
+// calls. Leaves of 32 rows for long rows (D >= 2048) and small layers (up to 256 filters),
+// 64 otherwise: smaller leaves waste less of the diagonal but make less efficient calls
+// (bench/NOTES.md sections 2, 7 and 13).
+inline int64_t leaf_rows(int64_t m, int64_t d) { return d >= 2048 || m <= 256 ? 32 : 64; }
+constexpr int64_t kMaxGramBlock = 1 << 18;  // floats of one BLAS result (1 MiB per thread)
 constexpr int64_t kTile = 64;        // direct path: rows per tile
 constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles stay in cache)
 constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
@@ -71,8 +75,9 @@ struct Layer {
 };
 
 // A block of distances: rows [i0, i0 + ni) against columns [j0, j0 + nj) of one layer,
-// where only column > row counts (the upper triangle). Gram path: a strip (j0 = i0,
-// nj = m - i0); direct path: a tile pair. `slot`: ni row sums then nj column sums.
+// where only column > row counts (the upper triangle). Gram path: an off-diagonal
+// rectangle (or a row chunk of one) or a diagonal leaf (j0 = i0, nj = ni); direct path: a
+// tile pair. `slot`: ni row sums then nj column sums.
 struct Item {
   int64_t layer, i0, ni, j0, nj, slot;
 };
@@ -170,12 +175,49 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   return L;
 }
 
+// Gram items of the triangle of rows [lo, hi) of layer l (see leaf_rows). An off-diagonal
+// rectangle larger than `max_work` multiply-adds, or than kMaxGramBlock results, is cut
+// into row chunks, so that the threads share the big rectangles and the scratch stays small.
+inline void add_gram_items(int64_t l, int64_t lo, int64_t hi, int64_t leaf, int64_t d,
+                           int64_t max_work, std::vector<Item>& items, int64_t& slot) {
+  const int64_t n = hi - lo;
+  if (n <= 2 * leaf) {  // the last cuts as strips from the diagonal on: fewer, larger calls
+    for (int64_t i0 = lo; i0 < hi; i0 += leaf) {
+      const int64_t ni = std::min(leaf, hi - i0);
+      items.push_back({l, i0, ni, i0, hi - i0, slot});
+      slot += ni + hi - i0;
+    }
+    return;
+  }
+  const int64_t mid = lo + n / 2;
+  const int64_t rows = mid - lo, cols = hi - mid;
+  int64_t chunk = rows;
+  while (chunk >= 4 * leaf && (chunk * cols * d > max_work || chunk * cols > kMaxGramBlock))
+    chunk = (chunk + 1) / 2;
+  for (int64_t r0 = lo; r0 < mid; r0 += chunk) {
+    const int64_t ni = std::min(chunk, mid - r0);
+    items.push_back({l, r0, ni, mid, cols, slot});
+    slot += ni + cols;
+  }
+  add_gram_items(l, lo, mid, leaf, d, max_work, items, slot);
+  add_gram_items(l, mid, hi, leaf, d, max_work, items, slot);
+}
+
 // The items of all layers, largest first (dynamic scheduling then balances well).
 template <typename acc_t>
 std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric metric,
                              int64_t* slots) {
   std::vector<Item> items;
   int64_t slot = 0;
+  int64_t gram_work = 0;  // multiply-adds of the Gram layers' triangles
+  for (const auto& L : layers)
+    if (!L.direct) gram_work += L.m * L.m / 2 * L.d;
+  // A rectangle is cut only when it holds more than a thread's share of the work: large
+  // BLAS calls are the efficient ones (a 512-filter layer as one 256 x 256 rectangle and
+  // smaller triangles: 0.557 of a full F F^T on one thread, against 0.601 in 64-row
+  // strips), and on two threads the rectangle and the rest balance.
+  const int64_t max_work =
+      std::max<int64_t>(gram_work / std::max(1, at::get_num_threads()), 1 << 22);
   for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
     const int64_t m = layers[l].m;
     if (layers[l].direct) {
@@ -186,12 +228,7 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
           slot += ni + nj;
         }
     } else {
-      const int64_t rows = strip_rows(m);
-      for (int64_t i0 = 0; i0 < m; i0 += rows) {
-        const int64_t ni = std::min(rows, m - i0);
-        items.push_back({l, i0, ni, i0, m - i0, slot});
-        slot += ni + m - i0;
-      }
+      add_gram_items(l, 0, m, leaf_rows(m, layers[l].d), layers[l].d, max_work, items, slot);
     }
   }
   std::stable_sort(items.begin(), items.end(), [&](const Item& a, const Item& b) {
@@ -312,7 +349,8 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
     const acc_t* g = gram_block(L, it, s);
     const acc_t* sq = L.sq.data() + it.j0;
     for (int64_t r = 0; r < it.ni; ++r) {
-      const int64_t c0 = r + 1;  // strips start on their diagonal: j0 == i0
+      // Only column > row counts: all of an off-diagonal block, c > r on a diagonal leaf.
+      const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);
       if (c0 >= it.nj) continue;
       const acc_t* grow = g + r * it.nj + c0;
       const acc_t sq_i = L.sq[it.i0 + r];
@@ -381,7 +419,7 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
     }
     const acc_t* g = gram_block(L, it, s);
     for (int64_t r = 0; r < it.ni; ++r) {
-      const int64_t c0 = r + 1;
+      const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);
       if (c0 >= it.nj) continue;
       acc_t* dst = mat + (it.i0 + r) * L.m + it.j0 + c0;
       const acc_t sq_i = L.sq[it.i0 + r];
