@@ -26,6 +26,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if __package__ in (None, ""):  # python bench/report.py
     sys.path.insert(0, str(ROOT))
+# numpy's OpenBLAS threads spin for a while after each call and would slow whichever
+# method is timed next; the numpy and scipy baselines here are single-threaded loops.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "blas.h"
 #include "cos_scores.h"
 #include "simd_loops.h"
 
@@ -269,6 +270,9 @@ void for_each_item(const std::vector<Item>& items, const Body& body) {
 template <typename acc_t>
 const acc_t* gram_block(const Layer<acc_t>& L, const Item& it, Scratch<acc_t>& s) {
   s.gram.resize(it.ni * it.nj);
+  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
+  if (blas::gemm_abt(it.ni, it.nj, L.d, rows + it.i0 * L.d, rows + it.j0 * L.d, s.gram.data()))
+    return s.gram.data();
   auto g = at::from_blob(s.gram.data(), {it.ni, it.nj}, L.rows.options());
   at::mm_out(g, L.rows.narrow(0, it.i0, it.ni), L.rows.narrow(0, it.j0, it.nj).t());
   return s.gram.data();
