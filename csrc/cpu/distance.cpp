@@ -49,6 +49,8 @@ namespace {
 // (bench/NOTES.md sections 2, 7 and 13).
 inline int64_t leaf_rows(int64_t m, int64_t d) { return d >= 2048 || m <= 256 ? 32 : 64; }
 constexpr int64_t kMaxGramBlock = 1 << 18;  // floats of one BLAS result (1 MiB per thread)
+constexpr int64_t kBigItem = 1 << 25;       // multiply-adds of a Gram item run on all threads,
+constexpr int64_t kBigItemMinD = 1024;      // when its rows are this long (see for_each_item)
 constexpr int64_t kTile = 64;        // direct path: rows per tile
 constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles stay in cache)
 constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
@@ -259,11 +261,29 @@ void for_each_dynamic(int64_t count, const Body& body) {
   });
 }
 
-// Runs every item on all threads, `body(item, scratch)`, scheduled dynamically.
+// Runs every item, `body(item, scratch)`. The large Gram items of long rows (kBigItem
+// multiply-adds or more, D >= kBigItemMinD) go first, one at a time, each BLAS product on
+// all threads (BLAS scales well on them, and one thread holding a rectangle of half the
+// work while the other works through the small items balances worse); their epilogue,
+// O(ni nj) against the product's O(ni nj D), stays on one thread. Then the rest on all
+// threads, a thread per item, scheduled dynamically.
 template <typename acc_t, typename Body>
-void for_each_item(const std::vector<Item>& items, const Body& body) {
-  for_each_dynamic<Scratch<acc_t>>(static_cast<int64_t>(items.size()),
-                                   [&](int64_t k, Scratch<acc_t>& s) { body(items[k], s); });
+void for_each_item(const std::vector<Item>& items, const std::vector<Layer<acc_t>>& layers,
+                   const Body& body) {
+  std::vector<const Item*> big, rest;
+  const bool threaded_blas = !at::in_parallel_region() && at::get_num_threads() > 1;
+  for (const Item& it : items) {
+    const int64_t d = layers[it.layer].d;
+    const bool is_big = threaded_blas && !layers[it.layer].direct && d >= kBigItemMinD &&
+                        it.ni * it.nj * d >= kBigItem;
+    (is_big ? big : rest).push_back(&it);
+  }
+  if (!big.empty()) {
+    Scratch<acc_t> scratch;
+    for (const Item* it : big) body(*it, scratch);
+  }
+  for_each_dynamic<Scratch<acc_t>>(static_cast<int64_t>(rest.size()),
+                                   [&](int64_t k, Scratch<acc_t>& s) { body(*rest[k], s); });
 }
 
 // Gram block g[ni, nj] of an item: one BLAS product (no TF32: a CPU sgemm/dgemm).
@@ -337,7 +357,7 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
   int64_t slots = 0;
   const std::vector<Item> items = make_items(layers, metric, &slots);
   std::vector<double> partial(slots, 0.0);
-  for_each_item<acc_t>(items, [&](const Item& it, Scratch<acc_t>& s) {
+  for_each_item<acc_t>(items, layers, [&](const Item& it, Scratch<acc_t>& s) {
     const Layer<acc_t>& L = layers[it.layer];
     double* rsum = partial.data() + it.slot;
     double* csum = rsum + it.ni;
@@ -411,7 +431,7 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
     compact[l] = layers[l].m == n ? out[l] : at::zeros({layers[l].m, layers[l].m}, options);
   int64_t slots = 0;
   const std::vector<Item> items = make_items(layers, metric, &slots);
-  for_each_item<acc_t>(items, [&](const Item& it, Scratch<acc_t>& s) {
+  for_each_item<acc_t>(items, layers, [&](const Item& it, Scratch<acc_t>& s) {
     const Layer<acc_t>& L = layers[it.layer];
     acc_t* mat = compact[it.layer].template mutable_data_ptr<acc_t>();
     if (L.direct) {
