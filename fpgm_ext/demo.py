@@ -5,7 +5,7 @@ scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes; 80/20 s
 stratified). Then soft FPGM pruning at 40 % (``SoftFPGM``: the pruned filters selected and
 zeroed every epoch, their gradients masked), ``finalize()`` to a physically smaller model,
 a short fine-tune, and a table of accuracy, parameters, measured FLOPs and CPU latency
-before and after. About 2 minutes on 2 CPU cores; ``quick=True`` is a few seconds (tests).
+before and after. Under a minute on 2 CPU cores (35-40 s measured); ``quick=True`` is a few seconds (tests).
 """
 from __future__ import annotations
 
