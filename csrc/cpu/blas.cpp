@@ -22,13 +22,22 @@ bool fits_int(int64_t m, int64_t n, int64_t k) {
 
 // Row-major c[m, n] = a[m, k] b[n, k]^T is column-major c^T[n, m] = (b^T)^T[n, k] a^T[k, m]:
 // transa = 'T' on b (column-major k x n, ld k), transb = 'N' on a (column-major k x m).
+// The integer arguments live in int64_t storage, below 2^31: a BLAS of 32-bit integers
+// (LP64, as torch's MKL) reads their low half, one of 64-bit integers (ILP64) all of
+// them, and both read the right value on a little-endian machine.
 template <typename T, typename Gemm>
 bool call(Gemm gemm, int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   if (gemm == nullptr || !fits_int(m, n, k)) return false;
-  const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
+  const int64_t im = m, in = n, ik = k;
+  const auto p = [](const int64_t& v) { return reinterpret_cast<const int*>(&v); };
   const T one = 1, zero = 0;
-  gemm("T", "N", &in, &im, &ik, &one, b, &ik, a, &ik, &zero, c, &in);
+  gemm("T", "N", p(in), p(im), p(ik), &one, b, p(ik), a, p(ik), &zero, c, p(in));
   return true;
+#else
+  (void)gemm, (void)m, (void)n, (void)k, (void)a, (void)b, (void)c;
+  return false;
+#endif
 }
 
 }  // namespace
