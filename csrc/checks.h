@@ -41,6 +41,22 @@ inline void check_weight(std::string_view op, const std::string& name, const at:
                     " has no elements (N = 0 or D = 0), shape ", w.sizes());
 }
 
+// The layers of distance_scores_multi: each a filter bank (named weights[k]), all of one
+// dtype and on one device.
+inline void check_weights(at::TensorList weights) {
+  for (size_t k = 0; k < weights.size(); ++k) {
+    const std::string arg = "weights[" + std::to_string(k) + "]";
+    check_weight("distance_scores_multi", arg, weights[k]);
+    TORCH_CHECK_VALUE(weights[k].scalar_type() == weights[0].scalar_type(),
+                      "fpgm.distance_scores_multi: ", arg, " has dtype ",
+                      dtype_name(weights[k].scalar_type()), " but weights[0] has ",
+                      dtype_name(weights[0].scalar_type()), "; all layers must share one dtype");
+    TORCH_CHECK_VALUE(weights[k].device() == weights[0].device(),
+                      "fpgm.distance_scores_multi: ", arg, " is on ", weights[k].device(),
+                      " but weights[0] is on ", weights[0].device());
+  }
+}
+
 inline std::string nonfinite_message(std::string_view op, const std::string& name) {
   return "fpgm." + std::string(op) + ": " + name +
          " contains NaN or Inf; FPGM scores would be meaningless";

@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------- argument types
-def _rate(name: str, lo_open: bool, hi_open: bool, lo: float = 0.0, hi: float = 1.0):
+def _rate(lo_open: bool, hi_open: bool, lo: float = 0.0, hi: float = 1.0):
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -48,16 +48,14 @@ def _rate(name: str, lo_open: bool, hi_open: bool, lo: float = 0.0, hi: float = 
     return parse
 
 
-def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got '{text}'") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-        return v
-    return parse
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
 
 
 def _shape(text: str) -> List[int]:
@@ -253,14 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "digits (real data, no download). Under a minute on 2 CPU cores (35-40 s measured).")
     d.add_argument("--quick", action="store_true", help="a few seconds: ResNet-8, a few epochs (tests)")
     d.add_argument("--depth", type=int, help="ResNet depth, 6n + 2 (default 20; 8 with --quick)")
-    d.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs before pruning")
-    d.add_argument("--prune-epochs", type=_positive_int("--prune-epochs"), help="soft pruning epochs")
-    d.add_argument("--finetune-epochs", type=_positive_int("--finetune-epochs"),
+    d.add_argument("--epochs", type=_positive_int, help="training epochs before pruning")
+    d.add_argument("--prune-epochs", type=_positive_int, help="soft pruning epochs")
+    d.add_argument("--finetune-epochs", type=_positive_int,
                    help="fine-tuning epochs of the pruned model")
-    d.add_argument("--rate-dist", type=_rate("--rate-dist", False, True), help="default 0.4")
-    d.add_argument("--rate-norm", type=_rate("--rate-norm", True, False), help="default 1.0")
+    d.add_argument("--rate-dist", type=_rate(False, True), help="default 0.4")
+    d.add_argument("--rate-norm", type=_rate(True, False), help="default 1.0")
     d.add_argument("--seed", type=int)
-    d.add_argument("--threads", type=_positive_int("--threads"), help="torch CPU threads")
+    d.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     d.set_defaults(func=cmd_demo)
@@ -271,18 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(torch.save(model, path); loaded with weights_only=False, so only open files "
                        "you trust).")
     r.add_argument("model", metavar="MODEL")
-    r.add_argument("--rate-dist", type=_rate("--rate-dist", False, True), default=0.4,
+    r.add_argument("--rate-dist", type=_rate(False, True), default=0.4,
                    help="fraction pruned by distance (default 0.4)")
-    r.add_argument("--rate-norm", type=_rate("--rate-norm", True, False), default=1.0,
+    r.add_argument("--rate-norm", type=_rate(True, False), default=1.0,
                    help="fraction kept by the norm stage (default 1.0: none pruned by norm)")
     r.add_argument("--metric", choices=["l2", "l1", "cos"], default="l2")
     r.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
                    help="example input (default 1,3,32,32 for the built-ins, else 1,3,224,224)")
-    r.add_argument("--num-classes", type=_positive_int("--num-classes"), help="for built-in/torchvision models")
+    r.add_argument("--num-classes", type=_positive_int, help="for built-in/torchvision models")
     r.add_argument("--ignore", action="append", metavar="MODULE", help="leave this module whole (repeatable)")
     r.add_argument("--no-residual", action="store_true", help="leave residual streams whole")
-    r.add_argument("--min-channels", type=_positive_int("--min-channels"), default=1)
-    r.add_argument("--round-to", type=_positive_int("--round-to"), default=1)
+    r.add_argument("--min-channels", type=_positive_int, default=1)
+    r.add_argument("--round-to", type=_positive_int, default=1)
     r.add_argument("--seed", type=int, default=0, help="seed of the example input")
     r.add_argument("--out", metavar="PRUNED.pt", help="save the pruned model (the whole module)")
     r.add_argument("--plan", metavar="PLAN.json", help="save the pruning plan")

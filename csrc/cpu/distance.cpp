@@ -533,17 +533,7 @@ std::vector<at::Tensor> distance_scores_multi_cpu(at::TensorList weights,
                                                   c10::string_view metric) {
   const Metric m = parse_metric("distance_scores_multi", metric);
   if (weights.empty()) return {};
-  for (size_t k = 0; k < weights.size(); ++k) {
-    const std::string arg = "weights[" + std::to_string(k) + "]";
-    check_weight("distance_scores_multi", arg, weights[k]);
-    TORCH_CHECK_VALUE(weights[k].scalar_type() == weights[0].scalar_type(),
-                      "fpgm.distance_scores_multi: ", arg, " has dtype ",
-                      dtype_name(weights[k].scalar_type()), " but weights[0] has ",
-                      dtype_name(weights[0].scalar_type()), "; all layers must share one dtype");
-    TORCH_CHECK_VALUE(weights[k].device() == weights[0].device(),
-                      "fpgm.distance_scores_multi: ", arg, " is on ", weights[k].device(),
-                      " but weights[0] is on ", weights[0].device());
-  }
+  check_weights(weights);
   if (m == Metric::Cos) return cos_scores_cpu(weights, "distance_scores_multi", "weights", true);
   return with_layers("distance_scores_multi", weights, "weights", true, m,
                      [&](const auto& layers, const at::TensorOptions& opt) {

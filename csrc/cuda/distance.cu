@@ -132,17 +132,7 @@ std::vector<at::Tensor> distance_scores_multi_cuda(at::TensorList weights,
                                                    c10::string_view metric) {
   const Metric m = parse_metric("distance_scores_multi", metric);
   if (weights.empty()) return {};
-  for (size_t k = 0; k < weights.size(); ++k) {
-    const std::string arg = "weights[" + std::to_string(k) + "]";
-    check_weight("distance_scores_multi", arg, weights[k]);
-    TORCH_CHECK_VALUE(weights[k].scalar_type() == weights[0].scalar_type(),
-                      "fpgm.distance_scores_multi: ", arg, " has dtype ",
-                      dtype_name(weights[k].scalar_type()), " but weights[0] has ",
-                      dtype_name(weights[0].scalar_type()), "; all layers must share one dtype");
-    TORCH_CHECK_VALUE(weights[k].device() == weights[0].device(),
-                      "fpgm.distance_scores_multi: ", arg, " is on ", weights[k].device(),
-                      " but weights[0] is on ", weights[0].device());
-  }
+  check_weights(weights);
   const c10::cuda::CUDAGuard guard(weights[0].device());
   const auto options = weights[0].options().dtype(result_type(weights[0].scalar_type()));
   std::vector<at::Tensor> xs, outs;
