@@ -2,6 +2,7 @@
 rank trains a few steps on its own data; every rank must end with the same masks and the
 same finalized model. A second model, different on each rank and not wrapped, checks that
 the selection is rank 0's, broadcast."""
+import gc
 import os
 import socket
 
@@ -68,6 +69,12 @@ def worker(rank: int, port: int, out: str) -> None:
                     "pruned_out": pruned_out, "other_plan": other_soft.plan.modules,
                     "other_local_plan": local.modules}, os.path.join(out, f"rank{rank}.pt"))
         other_soft.remove()
+        # Quiesce before teardown: every rank done with its collectives, and the DDP
+        # reducer (which holds the process group and its gloo work) gone before the group
+        # is destroyed; gloo work still alive at interpreter exit can abort the process.
+        dist.barrier()
+        del ddp, soft, other_soft, opt
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
