@@ -1,4 +1,7 @@
 """Devices, dtypes and tolerances for the tests (pytorch_scatter style)."""
+import contextlib
+import os
+
 import torch
 
 dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -34,3 +37,19 @@ def random_filters(shape, dtype=torch.float32, device="cpu", layout="contiguous"
     if layout == "strided":  # every other filter of a larger tensor
         return randn((shape[0] * 2,) + shape[1:])[::2]
     raise ValueError(f"unknown layout {layout!r}")
+
+
+@contextlib.contextmanager
+def cpu_gram(choice):
+    """Selects the CPU Gram path of the compiled l2 / cos kernels for the duration: "blas"
+    (BLAS products, what CPUs without AVX-512 run) or "auto" (the packed AVX-512 kernel
+    where the CPU has it). Read by the library on every call (FPGM_EXT_CPU_GRAM)."""
+    old = os.environ.get("FPGM_EXT_CPU_GRAM")
+    os.environ["FPGM_EXT_CPU_GRAM"] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["FPGM_EXT_CPU_GRAM"]
+        else:
+            os.environ["FPGM_EXT_CPU_GRAM"] = old

@@ -7,15 +7,31 @@ import torch
 
 import fpgm_ext
 from fpgm_ext import reference
-from fpgm_ext.testing import devices, dtypes, metrics, random_filters, score_rtol
+from fpgm_ext.testing import cpu_gram, devices, dtypes, metrics, random_filters, score_rtol
 
 import oracle
+
+
+
+def _with_blas(fn):
+    def run(*args):
+        with cpu_gram("blas"):
+            return fn(*args)
+    return run
+
 
 IMPLS = {
     "op": {
         "scores": lambda w, m: torch.ops.fpgm.distance_scores(w, m),
         "matrix": lambda w, m: torch.ops.fpgm.distance_matrix(w, m),
         "multi": lambda ws, m: torch.ops.fpgm.distance_scores_multi(ws, m),
+    },
+    # The compiled CPU kernels' BLAS Gram path (CPUs without AVX-512); where this CPU has
+    # AVX-512, "op" runs the packed kernel instead (csrc/cpu/gram_kernel.h).
+    "op_blas": {
+        "scores": _with_blas(lambda w, m: torch.ops.fpgm.distance_scores(w, m)),
+        "matrix": _with_blas(lambda w, m: torch.ops.fpgm.distance_matrix(w, m)),
+        "multi": _with_blas(lambda ws, m: torch.ops.fpgm.distance_scores_multi(ws, m)),
     },
     "reference": {
         "scores": reference.distance_scores,
@@ -186,24 +202,41 @@ def test_multi_empty_list():
         fpgm_ext.distance_scores_multi([], "l3")
 
 
-def test_scores_deterministic():
+# Gram-path shapes around the packed kernel's tiles (8 x 48 entries, 16-row panels, items
+# of 128 rows x 512 columns): N off every multiple, several row blocks and column items.
+GRAM_EDGES = [(47, 1000), (129, 100), (263, 17), (161, 257), (1030, 33)]
+
+
+@pytest.mark.parametrize("impl", ["op", "op_blas"])
+@pytest.mark.parametrize("shape", GRAM_EDGES, ids=str)
+def test_gram_edges(impl, shape):
+    w = random_filters(shape)
+    assert_scores_close(IMPLS[impl]["scores"](w, "l2"), w, "l2", score_rtol[torch.float32])
+    for metric in ("l2", "cos"):
+        got = IMPLS[impl]["matrix"](w, metric)
+        np.testing.assert_allclose(got.numpy(), oracle.matrix(w, metric), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("gram", ["auto", "blas"])
+def test_scores_deterministic(gram):
     """The same scores on every run (no dependence on scheduling), and within rounding of
     each other on any number of threads (which decides how large blocks are cut)."""
     torch.manual_seed(0)
     old = torch.get_num_threads()
-    try:
-        for w in (torch.randn(700, 300), torch.randn(1100, 2100), torch.randn(300, 20)):
-            results = {}
-            for threads in (1, max(2, old), 3):
-                torch.set_num_threads(threads)
-                runs = [[torch.ops.fpgm.distance_scores(w, m) for m in metrics] for _ in range(3)]
-                for run in runs[1:]:
-                    assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
-                results[threads] = runs[0]
-            for a, b in zip(results[1], results[3]):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
-    finally:
-        torch.set_num_threads(old)
+    with cpu_gram(gram):
+        try:
+            for w in (torch.randn(700, 300), torch.randn(1100, 2100), torch.randn(300, 20)):
+                results = {}
+                for threads in (1, max(2, old), 3):
+                    torch.set_num_threads(threads)
+                    runs = [[torch.ops.fpgm.distance_scores(w, m) for m in metrics] for _ in range(3)]
+                    for run in runs[1:]:
+                        assert all(torch.equal(a, b) for a, b in zip(runs[0], run))
+                    results[threads] = runs[0]
+                for a, b in zip(results[1], results[3]):
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+        finally:
+            torch.set_num_threads(old)
 
 
 def test_public_api_detaches():

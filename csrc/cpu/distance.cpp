@@ -31,11 +31,13 @@
 #include <cmath>
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "blas.h"
 #include "cos_scores.h"
+#include "gram_kernel.h"
 #include "simd_loops.h"
 
 namespace fpgm {
@@ -56,9 +58,23 @@ constexpr int64_t kBlock = 256;      // direct path: columns per pass (tiles sta
 constexpr int64_t kDirectMaxD = 16;  // l2 / cos with D up to this take the direct path: the
                                      // Gram identity cancels for close pairs in few dimensions
 constexpr int64_t kCentreRows = 64;   // Gram path: rows whose mean is the centre
-constexpr double kCentreRatio = 64.0;  // l2 centres when |centre|^2 > mean |row|^2 / 64
+constexpr double kCentreRatio = 16.0;  // l2 centres when |centre|^2 > mean |row|^2 / 16:
+                                       // 4x what the mean of 64 rows of zero-mean noise
+                                       // reaches (|row|^2 / 64), so noise does not trigger it
 constexpr int64_t kDirectMaxWork = 1 << 20;  // and small layers (N^2 D up to this), where a
                                              // BLAS call costs more than it saves
+// Packed kernel (float, AVX-512; gram_kernel.h): the triangle in blocks of 128 rows (the
+// columns' panels, loaded from L3 for a k-chunk, then serve 16 row tiles from L2), or 64 or
+// 32 where that leaves fewer than two blocks per thread (a 256-filter layer as two blocks
+// of unequal work would keep one of two threads idle a third of the time); each block cut
+// into column ranges of up to kPackedCols from the diagonal on. bench/NOTES.md section 16.
+inline int64_t packed_rows(int64_t m) {
+  const int64_t threads = std::max(1, at::get_num_threads());
+  for (int64_t rows : {128, 64})
+    if (m >= 2 * threads * rows) return rows;
+  return 32;
+}
+constexpr int64_t kPackedCols = 512;
 
 // One layer prepared for the kernels: either the Gram path (l2, cos: BLAS products and
 // an epilogue) or the direct path (l1, and l2 / cos in few dimensions: a loop over
@@ -71,6 +87,8 @@ struct Layer {
                                // centred on the Gram path
   std::vector<acc_t> sq;       // Gram path: |row|^2 of the prepared rows
   std::vector<int64_t> index;  // cos with zero rows: original row of each prepared row
+  at::Tensor packed;           // float Gram path on AVX-512 CPUs: the rows, packed for
+                               // gram::block (see gram_kernel.h); else undefined
   int64_t n = 0;               // filters of the layer
   int64_t m = 0;               // prepared rows (n less the zero rows for cos)
   int64_t d = 0;
@@ -87,8 +105,8 @@ struct Item {
 
 // Converts one weight to prepared rows. Throws if it holds NaN or Inf.
 template <typename acc_t>
-Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view op,
-                     const std::string& name) {
+Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_view op,
+                          const std::string& name) {
   Layer<acc_t> L;
   L.n = weight.size(0);
   L.d = weight.numel() / L.n;
@@ -99,11 +117,26 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   const int64_t grain = std::max<int64_t>(1, 32768 / d);
   L.direct = metric == Metric::L1 || d <= kDirectMaxD || n * n * d <= kDirectMaxWork;
 
-  // Squared row norms: finiteness, unit rows (cos), and whether l2 needs centring.
+  // Squared row norms: finiteness, unit rows (cos), and whether l2 needs centring. The
+  // packed kernel's l2 path takes them from the pass that packs the rows.
   std::vector<double> norm2(n);
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
-  });
+  bool packed = false;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (metric == Metric::L2 && !L.direct && gram::available()) {
+      L.packed = at::empty({gram::packed_size(n, d)}, x.options());
+      float* out = L.packed.template mutable_data_ptr<float>();
+      const int64_t panels = (n + gram::kPanel - 1) / gram::kPanel;
+      at::parallel_for(0, panels, std::max<int64_t>(1, grain / gram::kPanel), [&](int64_t b, int64_t e) {
+        gram::pack(xp, n, d, b, e, out, norm2.data());
+      });
+      packed = true;
+    }
+  }
+  if (!packed) {
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
+    });
+  }
   for (int64_t i = 0; i < n; ++i)
     TORCH_CHECK_VALUE(std::isfinite(norm2[i]), nonfinite_message(op, name));
   if (metric != Metric::Cos && L.direct) {
@@ -140,7 +173,7 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
     });
   }
   if (metric == Metric::L2) {
-    // Centring shrinks |a|^2 + |b|^2 by about |centre|^2 each: where that is under 1/64 of
+    // Centring shrinks |a|^2 + |b|^2 by about |centre|^2 each: where that is under 1/16 of
     // the mean squared norm (weights of mean near zero, as most trained layers), it gains
     // nothing the close-pair check does not already guarantee; the rows are used as they
     // are, no copy.
@@ -155,6 +188,7 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
     }
   }
   L.rows = at::empty({m, d}, x.options());
+  L.packed = at::Tensor();  // packs the new rows (prepare)
   acc_t* out = L.rows.template mutable_data_ptr<acc_t>();
   L.sq.resize(m);
   std::vector<double> sq(m);
@@ -176,6 +210,39 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
     L.sq[r] = static_cast<acc_t>(sq[r]);
   }
   return L;
+}
+
+// prepare_rows, and for the float Gram path on AVX-512 CPUs the packed copy of the rows.
+template <typename acc_t>
+Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view op,
+                     const std::string& name) {
+  Layer<acc_t> L = prepare_rows<acc_t>(weight, metric, op, name);
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (!L.direct && !L.packed.defined() && L.m > 0 && gram::available()) {
+      const int64_t d = L.d, m = L.m;
+      L.packed = at::empty({gram::packed_size(m, d)}, L.rows.options());
+      const float* x = L.rows.template const_data_ptr<float>();
+      float* out = L.packed.template mutable_data_ptr<float>();
+      const int64_t panels = (m + gram::kPanel - 1) / gram::kPanel;
+      at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
+        gram::pack(x, m, d, b, e, out);
+      });
+    }
+  }
+  return L;
+}
+
+// Packed-kernel items of layer l (m rows): see packed_rows.
+inline void add_packed_items(int64_t l, int64_t m, std::vector<Item>& items, int64_t& slot) {
+  const int64_t block = packed_rows(m);
+  for (int64_t i0 = 0; i0 < m; i0 += block) {
+    const int64_t ni = std::min(block, m - i0);
+    for (int64_t j0 = i0; j0 < m; j0 += kPackedCols) {
+      const int64_t nj = std::min(kPackedCols, m - j0);
+      items.push_back({l, i0, ni, j0, nj, slot});
+      slot += ni + nj;
+    }
+  }
 }
 
 // Gram items of the triangle of rows [lo, hi) of layer l (see leaf_rows). An off-diagonal
@@ -214,7 +281,7 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
   int64_t slot = 0;
   int64_t gram_work = 0;  // multiply-adds of the Gram layers' triangles
   for (const auto& L : layers)
-    if (!L.direct) gram_work += L.m * L.m / 2 * L.d;
+    if (!L.direct && !L.packed.defined()) gram_work += L.m * L.m / 2 * L.d;
   // A rectangle is cut only when it holds more than a thread's share of the work: large
   // BLAS calls are the efficient ones (a 512-filter layer as one 256 x 256 rectangle and
   // smaller triangles: 0.557 of a full F F^T on one thread, against 0.601 in 64-row
@@ -230,6 +297,8 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
           items.push_back({l, i0, ni, j0, nj, slot});
           slot += ni + nj;
         }
+    } else if (layers[l].packed.defined()) {
+      add_packed_items(l, m, items, slot);
     } else {
       add_gram_items(l, 0, m, leaf_rows(m, layers[l].d), layers[l].d, max_work, items, slot);
     }
@@ -273,9 +342,9 @@ void for_each_item(const std::vector<Item>& items, const std::vector<Layer<acc_t
   std::vector<const Item*> big, rest;
   const bool threaded_blas = !at::in_parallel_region() && at::get_num_threads() > 1;
   for (const Item& it : items) {
-    const int64_t d = layers[it.layer].d;
-    const bool is_big = threaded_blas && !layers[it.layer].direct && d >= kBigItemMinD &&
-                        it.ni * it.nj * d >= kBigItem;
+    const Layer<acc_t>& L = layers[it.layer];
+    const bool is_big = threaded_blas && !L.direct && !L.packed.defined() &&
+                        L.d >= kBigItemMinD && it.ni * it.nj * L.d >= kBigItem;
     (is_big ? big : rest).push_back(&it);
   }
   if (!big.empty()) {
@@ -286,10 +355,18 @@ void for_each_item(const std::vector<Item>& items, const std::vector<Layer<acc_t
                                    [&](int64_t k, Scratch<acc_t>& s) { body(*rest[k], s); });
 }
 
-// Gram block g[ni, nj] of an item: one BLAS product (no TF32: a CPU sgemm/dgemm).
+// Gram block g[ni, nj] of an item: the packed kernel, or one BLAS product (no TF32: a CPU
+// sgemm/dgemm). Entries the epilogues do not read (column <= row) may be left unset.
 template <typename acc_t>
 const acc_t* gram_block(const Layer<acc_t>& L, const Item& it, Scratch<acc_t>& s) {
   s.gram.resize(it.ni * it.nj);
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (L.packed.defined()) {
+      gram::block(L.packed.template const_data_ptr<float>(), L.d, it.i0, it.ni, it.j0, it.nj,
+                  it.j0 < it.i0 + it.ni, s.gram.data());
+      return s.gram.data();
+    }
+  }
   const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
   if (blas::gemm_abt(it.ni, it.nj, L.d, rows + it.i0 * L.d, rows + it.j0 * L.d, s.gram.data()))
     return s.gram.data();
@@ -351,6 +428,15 @@ void fix_close_pairs(const Layer<acc_t>& L, Metric metric, const Item& it, const
       fix(c, exact_distance(L, metric, it.i0 + r, it.j0 + c));
 }
 
+// simd::l2_epilogue, by the AVX-512 version where the packed kernel runs (same result).
+template <typename acc_t>
+double l2_epilogue(const Layer<acc_t>& L, const acc_t* g, acc_t sq_i, const acc_t* sq,
+                   double* colsum, int64_t len, int64_t* close) {
+  if constexpr (std::is_same_v<acc_t, float>)
+    if (L.packed.defined()) return gram::l2_epilogue(g, sq_i, sq, colsum, len, close);
+  return simd::l2_epilogue(g, sq_i, sq, colsum, len, close);
+}
+
 template <typename acc_t>
 std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
                                     const at::TensorOptions& options) {
@@ -380,7 +466,7 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
       const acc_t sq_i = L.sq[it.i0 + r];
       int64_t close = 0;
       rsum[r] += metric == Metric::L2
-                     ? simd::l2_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close)
+                     ? l2_epilogue(L, grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close)
                      : simd::cos_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close);
       if (close > 0)
         fix_close_pairs(L, metric, it, g, r, c0, [&](int64_t c, double d) {
