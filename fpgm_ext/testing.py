@@ -40,16 +40,17 @@ def random_filters(shape, dtype=torch.float32, device="cpu", layout="contiguous"
 
 
 @contextlib.contextmanager
-def cpu_gram(choice):
-    """Selects the CPU Gram path of the compiled l2 / cos kernels for the duration: "blas"
-    (BLAS products, what CPUs without AVX-512 run) or "auto" (the packed AVX-512 kernel
-    where the CPU has it). Read by the library on every call (FPGM_EXT_CPU_GRAM)."""
-    old = os.environ.get("FPGM_EXT_CPU_GRAM")
-    os.environ["FPGM_EXT_CPU_GRAM"] = choice
+def avx512_kernels(enabled):
+    """Turns the compiled CPU kernels written for AVX-512 (packed Gram products, pair loops)
+    off or on for the duration; off, the portable paths run (BLAS products, loops compiled
+    per instruction set), as on a CPU without AVX-512. The library reads the variable
+    FPGM_EXT_CPU_AVX512 on every call."""
+    old = os.environ.get("FPGM_EXT_CPU_AVX512")
+    os.environ["FPGM_EXT_CPU_AVX512"] = "1" if enabled else "0"
     try:
         yield
     finally:
         if old is None:
-            del os.environ["FPGM_EXT_CPU_GRAM"]
+            del os.environ["FPGM_EXT_CPU_AVX512"]
         else:
-            os.environ["FPGM_EXT_CPU_GRAM"] = old
+            os.environ["FPGM_EXT_CPU_AVX512"] = old

@@ -7,15 +7,15 @@ import torch
 
 import fpgm_ext
 from fpgm_ext import reference
-from fpgm_ext.testing import cpu_gram, devices, dtypes, metrics, random_filters, score_rtol
+from fpgm_ext.testing import avx512_kernels, devices, dtypes, metrics, random_filters, score_rtol
 
 import oracle
 
 
 
-def _with_blas(fn):
+def _portable(fn):
     def run(*args):
-        with cpu_gram("blas"):
+        with avx512_kernels(False):
             return fn(*args)
     return run
 
@@ -26,12 +26,12 @@ IMPLS = {
         "matrix": lambda w, m: torch.ops.fpgm.distance_matrix(w, m),
         "multi": lambda ws, m: torch.ops.fpgm.distance_scores_multi(ws, m),
     },
-    # The compiled CPU kernels' BLAS Gram path (CPUs without AVX-512); where this CPU has
-    # AVX-512, "op" runs the packed kernel instead (csrc/cpu/gram_kernel.h).
-    "op_blas": {
-        "scores": _with_blas(lambda w, m: torch.ops.fpgm.distance_scores(w, m)),
-        "matrix": _with_blas(lambda w, m: torch.ops.fpgm.distance_matrix(w, m)),
-        "multi": _with_blas(lambda ws, m: torch.ops.fpgm.distance_scores_multi(ws, m)),
+    # The compiled CPU kernels' portable paths (what CPUs without AVX-512 run); where this
+    # CPU has AVX-512, "op" runs the AVX-512 kernels instead (csrc/cpu/avx512.h).
+    "op_portable": {
+        "scores": _portable(lambda w, m: torch.ops.fpgm.distance_scores(w, m)),
+        "matrix": _portable(lambda w, m: torch.ops.fpgm.distance_matrix(w, m)),
+        "multi": _portable(lambda ws, m: torch.ops.fpgm.distance_scores_multi(ws, m)),
     },
     "reference": {
         "scores": reference.distance_scores,
@@ -207,7 +207,7 @@ def test_multi_empty_list():
 GRAM_EDGES = [(47, 1000), (129, 100), (263, 17), (161, 257), (1030, 33)]
 
 
-@pytest.mark.parametrize("impl", ["op", "op_blas"])
+@pytest.mark.parametrize("impl", ["op", "op_portable"])
 @pytest.mark.parametrize("shape", GRAM_EDGES, ids=str)
 def test_gram_edges(impl, shape):
     w = random_filters(shape)
@@ -217,13 +217,13 @@ def test_gram_edges(impl, shape):
         np.testing.assert_allclose(got.numpy(), oracle.matrix(w, metric), rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("gram", ["auto", "blas"])
-def test_scores_deterministic(gram):
+@pytest.mark.parametrize("avx512", [True, False])
+def test_scores_deterministic(avx512):
     """The same scores on every run (no dependence on scheduling), and within rounding of
     each other on any number of threads (which decides how large blocks are cut)."""
     torch.manual_seed(0)
     old = torch.get_num_threads()
-    with cpu_gram(gram):
+    with avx512_kernels(avx512):
         try:
             for w in (torch.randn(700, 300), torch.randn(1100, 2100), torch.randn(300, 20)):
                 results = {}

@@ -3,9 +3,11 @@
 // Every layer is flattened to rows F[N, D]. The work is a list of items over all layers
 // at once, scheduled dynamically on all threads, covering only the upper triangle of the
 // distance matrix (symmetry: about N^2 D / 2 multiply-adds per layer):
-// - l2 and cos: the upper triangle cut recursively into off-diagonal rectangles and small
-//   diagonal leaves, one BLAS product each, and a fused SIMD epilogue:
-//   d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at 0, sqrt (l2) or d^2 / 2 (cos), row and column sums;
+// - l2 and cos: Gram products and a SIMD epilogue, d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at
+//   0, sqrt (l2) or d^2 / 2 (cos), row and column sums. The products: in float on an
+//   AVX-512 CPU, our packed kernel (gram_kernel.h) on blocks of 128 rows; otherwise the
+//   upper triangle cut recursively into off-diagonal rectangles and small diagonal leaves,
+//   one BLAS product each;
 // - l1, and l2 / cos with D <= 16 (where the Gram identity would cancel): tile pairs of
 //   64 x 64 rows, a SIMD |a - b| or (a - b)^2 loop over blocks of 256 columns.
 // Cosine *scores* need none of this: they have a closed form (cos_scores.cpp); the Gram
@@ -13,8 +15,8 @@
 // No N x N buffer is allocated for scores: each item leaves its row and column sums in its
 // own slot, and the slots are added in a fixed order, so results do not depend on
 // scheduling: the same on every run with the same number of threads. (The thread count
-// decides how finely large Gram rectangles are cut, which may move a float64 sum in its
-// last bits, rarely a float32 score.)
+// decides how the triangle is cut into items, which may move a float64 sum in its last
+// bits, rarely a float32 score.)
 //
 // Accuracy: |a|^2 + |b|^2 - 2 a.b cancels when a and b are close compared with their
 // norms. Two guards: rows are translated to (near) their mean before the Gram product
@@ -35,9 +37,11 @@
 #include <vector>
 
 #include "../checks.h"
+#include "avx512.h"
 #include "blas.h"
 #include "cos_scores.h"
 #include "gram_kernel.h"
+#include "pair_kernel.h"
 #include "simd_loops.h"
 
 namespace fpgm {
@@ -93,6 +97,7 @@ struct Layer {
   int64_t m = 0;               // prepared rows (n less the zero rows for cos)
   int64_t d = 0;
   bool direct = false;
+  bool pair_kernel = false;    // direct path, float, AVX-512: pairs::block (pair_kernel.h)
 };
 
 // A block of distances: rows [i0, i0 + ni) against columns [j0, j0 + nj) of one layer,
@@ -122,7 +127,7 @@ Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_v
   std::vector<double> norm2(n);
   bool packed = false;
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (metric == Metric::L2 && !L.direct && gram::available()) {
+    if (metric == Metric::L2 && !L.direct && avx512_kernels()) {
       L.packed = at::empty({gram::packed_size(n, d)}, x.options());
       float* out = L.packed.template mutable_data_ptr<float>();
       const int64_t panels = (n + gram::kPanel - 1) / gram::kPanel;
@@ -218,7 +223,8 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
                      const std::string& name) {
   Layer<acc_t> L = prepare_rows<acc_t>(weight, metric, op, name);
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (!L.direct && !L.packed.defined() && L.m > 0 && gram::available()) {
+    L.pair_kernel = L.direct && avx512_kernels();
+    if (!L.direct && !L.packed.defined() && L.m > 0 && avx512_kernels()) {
       const int64_t d = L.d, m = L.m;
       L.packed = at::empty({gram::packed_size(m, d)}, L.rows.options());
       const float* x = L.rows.template const_data_ptr<float>();
@@ -381,7 +387,15 @@ const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it,
   s.dist.assign(it.ni * it.nj, 0.0);
   const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
   const int64_t d = L.d;
-  for (int64_t k0 = 0; k0 < d; k0 += kBlock) {
+  bool done = false;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (L.pair_kernel) {
+      pairs::block(rows, d, it.i0, it.ni, it.j0, it.nj, metric != Metric::L1,
+                   it.j0 < it.i0 + it.ni, s.dist.data());
+      done = true;
+    }
+  }
+  for (int64_t k0 = 0; !done && k0 < d; k0 += kBlock) {
     const int64_t len = std::min(kBlock, d - k0);
     for (int64_t r = 0; r < it.ni; ++r) {
       const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);

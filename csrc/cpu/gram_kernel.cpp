@@ -1,10 +1,8 @@
 // See gram_kernel.h. The functions that use AVX-512 carry the target attribute (the rest of
-// the build stays baseline x86-64); available() checks the CPU before any of them runs.
+// the build stays baseline x86-64); callers check avx512_kernels() before any of them runs.
 #include "gram_kernel.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FPGM_GRAM_KERNEL 1
@@ -80,13 +78,6 @@ FPGM_AVX512 void micro_tile(const float* a, const float* b, int64_t stride, int6
 }
 
 }  // namespace
-
-bool available() {
-  static const bool cpu = __builtin_cpu_supports("avx512f");
-  if (!cpu) return false;
-  const char* choice = std::getenv("FPGM_EXT_CPU_GRAM");  // "blas": the BLAS path (tests)
-  return choice == nullptr || std::strcmp(choice, "blas") != 0;
-}
 
 FPGM_AVX512 void pack(const float* x, int64_t m, int64_t d, int64_t p0, int64_t p1, float* packed,
                       double* norm2) {
@@ -189,9 +180,8 @@ FPGM_AVX512 double l2_epilogue(const float* g, float sq_i, const float* sq, doub
   return sum;
 }
 
-#else  // no kernel in this build: available() is false and the callers use BLAS
+#else  // no kernel in this build: avx512_kernels() is false, and the callers use BLAS
 
-bool available() { return false; }
 void pack(const float*, int64_t, int64_t, int64_t, int64_t, float*, double*) {}
 void block(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, float*) {}
 double l2_epilogue(const float*, float, const float*, double*, int64_t, int64_t*) { return 0.0; }

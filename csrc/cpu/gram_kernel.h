@@ -5,6 +5,8 @@
 // here the rows are packed once per layer, and the triangle is covered tile by tile, down
 // to 8 x 16 entries next to the diagonal.
 //
+// Callers check avx512_kernels() (avx512.h) first.
+//
 // Exactness: each entry is one float32 dot product, k in increasing order, fused
 // multiply-adds in float32 (what sgemm does), no reassociation beyond BLAS's own.
 #pragma once
@@ -14,11 +16,6 @@
 namespace fpgm::gram {
 
 constexpr int64_t kPanel = 16;  // rows per packed panel (one AVX-512 register of floats)
-
-// True when this build has the kernel (x86-64, GCC or Clang), the CPU runs AVX-512F, and
-// the environment variable FPGM_EXT_CPU_GRAM is not "blas" (which selects the BLAS path, as
-// on other CPUs: the tests run both).
-bool available();
 
 // Floats of the packed copy of m rows of length d: whole panels, the last zero-padded.
 inline int64_t packed_size(int64_t m, int64_t d) { return (m + kPanel - 1) / kPanel * kPanel * d; }

@@ -1,0 +1,22 @@
+// The direct path's distance sums in float on AVX-512 CPUs: sum_k |a_k - b_k| (l1) or
+// sum_k (a_k - b_k)^2 (l2 / cos in few dimensions, small layers) for a block of row pairs,
+// 4 rows x 4 columns at a time. The portable loop (simd::l1_rows) takes one row against
+// four and spends more than half its time adding each pair's 16 lanes one by one in double;
+// here the 16 sums of a 4 x 4 tile are reduced together by shuffles, once per 256 k.
+//
+// Exactness as the portable loop: float lanes over 256 k (16 terms per lane), that chunk's
+// sum in float, and the chunks added in double. Callers check avx512_kernels() first.
+#pragma once
+
+#include <cstdint>
+
+namespace fpgm::pairs {
+
+// dist[r * nj + c] += sum_k op(rows[i0 + r, k], rows[j0 + c, k]) for r < ni, c < nj, op the
+// absolute (squared = false) or squared difference, rows[m, d] row-major. With `upper`,
+// only the entries with j0 + c > i0 + r are needed: tiles wholly on or below the diagonal
+// are skipped (their entries left as they were).
+void block(const float* rows, int64_t d, int64_t i0, int64_t ni, int64_t j0, int64_t nj,
+           bool squared, bool upper, double* dist);
+
+}  // namespace fpgm::pairs
