@@ -518,17 +518,35 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
   return out;
 }
 
+// Completes a symmetric matrix a[m, m] whose strict upper triangle is filled: the lower
+// triangle its transpose, the diagonal 0. In 64 x 64 blocks (a source block stays in L1
+// while it is read across), block rows of the destination in parallel.
+template <typename T>
+void mirror_upper(T* a, int64_t m) {
+  constexpr int64_t kMirrorBlock = 64;
+  const int64_t blocks = (m + kMirrorBlock - 1) / kMirrorBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bj = b0; bj < b1; ++bj) {
+      const int64_t j0 = bj * kMirrorBlock, j1 = std::min(m, j0 + kMirrorBlock);
+      for (int64_t i0 = 0; i0 < j1; i0 += kMirrorBlock)
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t i = i0; i < std::min(j, i0 + kMirrorBlock); ++i) a[j * m + i] = a[i * m + j];
+      for (int64_t j = j0; j < j1; ++j) a[j * m + j] = T(0);
+    }
+  });
+}
+
 template <typename acc_t>
 at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
                        const at::TensorOptions& options) {
   const int64_t n = layers[0].n;
   const int64_t batch = static_cast<int64_t>(layers.size());
-  at::Tensor out = at::zeros({batch, n, n}, options);
-  acc_t* base = out.template mutable_data_ptr<acc_t>();
+  // The items fill each strict upper triangle; mirror_upper the rest.
+  at::Tensor out = at::empty({batch, n, n}, options);
   // Layers with zero rows (cos) are computed compactly, then spread out below.
   std::vector<at::Tensor> compact(batch);
   for (int64_t l = 0; l < batch; ++l)
-    compact[l] = layers[l].m == n ? out[l] : at::zeros({layers[l].m, layers[l].m}, options);
+    compact[l] = layers[l].m == n ? out[l] : at::empty({layers[l].m, layers[l].m}, options);
   int64_t slots = 0;
   const std::vector<Item> items = make_items(layers, metric, &slots);
   for_each_item<acc_t>(items, layers, [&](const Item& it, Scratch<acc_t>& s) {
@@ -560,16 +578,12 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
   });
   for (int64_t l = 0; l < batch; ++l) {
     const Layer<acc_t>& L = layers[l];
-    at::Tensor upper = compact[l].triu(1);
-    at::Tensor full = upper + upper.t();  // mirror the upper triangle: exactly symmetric
-    if (L.m == n) {
-      out[l].copy_(full);
-      continue;
-    }
+    mirror_upper(compact[l].template mutable_data_ptr<acc_t>(), L.m);
+    if (L.m == n) continue;
     at::Tensor dst = at::ones({n, n}, options);  // cos: zero rows are at distance 1
     dst.fill_diagonal_(0);
     auto idx = at::tensor(L.index, options.dtype(at::kLong));
-    dst.index_put_({idx.unsqueeze(1), idx.unsqueeze(0)}, full);
+    dst.index_put_({idx.unsqueeze(1), idx.unsqueeze(0)}, compact[l]);
     out[l].copy_(dst);
   }
   return out;
