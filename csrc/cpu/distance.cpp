@@ -67,18 +67,11 @@ constexpr double kCentreRatio = 16.0;  // l2 centres when |centre|^2 > mean |row
                                        // reaches (|row|^2 / 64), so noise does not trigger it
 constexpr int64_t kDirectMaxWork = 1 << 20;  // and small layers (N^2 D up to this), where a
                                              // BLAS call costs more than it saves
-// Packed kernel (float, AVX-512; gram_kernel.h): the triangle in blocks of 128 rows (the
-// columns' panels, loaded from L3 for a k-chunk, then serve 16 row tiles from L2), or 64 or
-// 32 where that leaves fewer than two blocks per thread (a 256-filter layer as two blocks
-// of unequal work would keep one of two threads idle a third of the time); each block cut
-// into column ranges of up to kPackedCols from the diagonal on. bench/NOTES.md section 16.
-inline int64_t packed_rows(int64_t m) {
-  const int64_t threads = std::max(1, at::get_num_threads());
-  for (int64_t rows : {128, 64})
-    if (m >= 2 * threads * rows) return rows;
-  return 32;
-}
-constexpr int64_t kPackedCols = 512;
+// Packed kernel (float, AVX-512; gram_kernel.h): the triangle in blocks of rows, each cut
+// into column ranges from the diagonal on (see packed_block).
+struct PackedBlock {
+  int64_t rows, cols;
+};
 
 // One layer prepared for the kernels: either the Gram path (l2, cos: BLAS products and
 // an epilogue) or the direct path (l1, and l2 / cos in few dimensions: a loop over
@@ -238,17 +231,35 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   return L;
 }
 
-// Packed-kernel items of layer l (m rows): see packed_rows.
-inline void add_packed_items(int64_t l, int64_t m, std::vector<Item>& items, int64_t& slot) {
-  const int64_t block = packed_rows(m);
-  for (int64_t i0 = 0; i0 < m; i0 += block) {
-    const int64_t ni = std::min(block, m - i0);
-    for (int64_t j0 = i0; j0 < m; j0 += kPackedCols) {
-      const int64_t nj = std::min(kPackedCols, m - j0);
+// Packed-kernel items of layer l: blocks of b.rows rows x up to b.cols columns.
+inline int64_t count_packed_items(int64_t m, PackedBlock b) {
+  int64_t count = 0;
+  for (int64_t i0 = 0; i0 < m; i0 += b.rows) count += (m - i0 + b.cols - 1) / b.cols;
+  return count;
+}
+
+inline void add_packed_items(int64_t l, int64_t m, PackedBlock b, std::vector<Item>& items,
+                             int64_t& slot) {
+  for (int64_t i0 = 0; i0 < m; i0 += b.rows) {
+    const int64_t ni = std::min(b.rows, m - i0);
+    for (int64_t j0 = i0; j0 < m; j0 += b.cols) {
+      const int64_t nj = std::min(b.cols, m - j0);
       items.push_back({l, i0, ni, j0, nj, slot});
       slot += ni + nj;
     }
   }
+}
+
+// The largest blocks, 128 rows x 512 columns (the columns' panels, loaded from L3 for a
+// k-chunk, then serve 16 row tiles from L2), that still give the layer `min_items` items:
+// about three per thread for its share of the work, so that dynamic scheduling balances
+// (a 256-filter layer as two blocks of unequal work kept one of two threads idle a third
+// of the time). bench/NOTES.md section 16.
+inline PackedBlock packed_block(int64_t m, int64_t min_items) {
+  for (int64_t rows : {128, 64, 32})
+    for (int64_t cols : {512, 256, 128})
+      if (count_packed_items(m, {rows, cols}) >= min_items) return {rows, cols};
+  return {32, 128};
 }
 
 // Gram items of the triangle of rows [lo, hi) of layer l (see leaf_rows). An off-diagonal
@@ -285,15 +296,19 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
                              int64_t* slots) {
   std::vector<Item> items;
   int64_t slot = 0;
-  int64_t gram_work = 0;  // multiply-adds of the Gram layers' triangles
-  for (const auto& L : layers)
-    if (!L.direct && !L.packed.defined()) gram_work += L.m * L.m / 2 * L.d;
+  int64_t gram_work = 0;    // multiply-adds of the BLAS-path layers' triangles
+  double packed_work = 0;   // and of the packed-kernel layers'
+  for (const auto& L : layers) {
+    if (L.direct) continue;
+    if (L.packed.defined()) packed_work += static_cast<double>(L.m) * L.m * L.d;
+    else gram_work += L.m * L.m / 2 * L.d;
+  }
+  const int64_t threads = std::max(1, at::get_num_threads());
   // A rectangle is cut only when it holds more than a thread's share of the work: large
   // BLAS calls are the efficient ones (a 512-filter layer as one 256 x 256 rectangle and
   // smaller triangles: 0.557 of a full F F^T on one thread, against 0.601 in 64-row
   // strips), and on two threads the rectangle and the rest balance.
-  const int64_t max_work =
-      std::max<int64_t>(gram_work / std::max(1, at::get_num_threads()), 1 << 22);
+  const int64_t max_work = std::max<int64_t>(gram_work / threads, 1 << 22);
   for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
     const int64_t m = layers[l].m;
     if (layers[l].direct) {
@@ -304,7 +319,9 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
           slot += ni + nj;
         }
     } else if (layers[l].packed.defined()) {
-      add_packed_items(l, m, items, slot);
+      const double share = static_cast<double>(m) * m * layers[l].d / packed_work;
+      const int64_t min_items = static_cast<int64_t>(std::ceil(3.0 * threads * share));
+      add_packed_items(l, m, packed_block(m, min_items), items, slot);
     } else {
       add_gram_items(l, 0, m, leaf_rows(m, layers[l].d), layers[l].d, max_work, items, slot);
     }
