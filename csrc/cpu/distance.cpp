@@ -73,7 +73,7 @@ struct PackedBlock {
   int64_t rows, cols;
 };
 
-// One layer prepared for the kernels: either the Gram path (l2, cos: BLAS products and
+// One layer prepared for the kernels: either the Gram path (l2, cos: Gram products and
 // an epilogue) or the direct path (l1, and l2 / cos in few dimensions: a loop over
 // |a - b| or (a - b)^2). For cos, zero rows are taken out (`index` maps the m remaining
 // rows to the original ones): their distance to any other row is 1, by definition, and
@@ -101,6 +101,19 @@ struct Item {
   int64_t layer, i0, ni, j0, nj, slot;
 };
 
+// The packed copy of rows x[m, d] for gram::block, panels split over the threads; with
+// norm2, the rows' squared norms from the same pass.
+inline at::Tensor pack_rows(const float* x, int64_t m, int64_t d, const at::TensorOptions& options,
+                            double* norm2 = nullptr) {
+  at::Tensor packed = at::empty({gram::packed_size(m, d)}, options);
+  float* out = packed.mutable_data_ptr<float>();
+  const int64_t panels = (m + gram::kPanel - 1) / gram::kPanel;
+  at::parallel_for(0, panels, std::max<int64_t>(1, 2048 / d), [&](int64_t b, int64_t e) {
+    gram::pack(x, m, d, b, e, out, norm2);
+  });
+  return packed;
+}
+
 // Converts one weight to prepared rows. Throws if it holds NaN or Inf.
 template <typename acc_t>
 Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_view op,
@@ -118,19 +131,11 @@ Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_v
   // Squared row norms: finiteness, unit rows (cos), and whether l2 needs centring. The
   // packed kernel's l2 path takes them from the pass that packs the rows.
   std::vector<double> norm2(n);
-  bool packed = false;
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (metric == Metric::L2 && !L.direct && avx512_kernels()) {
-      L.packed = at::empty({gram::packed_size(n, d)}, x.options());
-      float* out = L.packed.template mutable_data_ptr<float>();
-      const int64_t panels = (n + gram::kPanel - 1) / gram::kPanel;
-      at::parallel_for(0, panels, std::max<int64_t>(1, grain / gram::kPanel), [&](int64_t b, int64_t e) {
-        gram::pack(xp, n, d, b, e, out, norm2.data());
-      });
-      packed = true;
-    }
+    if (metric == Metric::L2 && !L.direct && avx512_kernels())
+      L.packed = pack_rows(xp, n, d, x.options(), norm2.data());
   }
-  if (!packed) {
+  if (!L.packed.defined()) {
     at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
     });
@@ -217,16 +222,8 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
   Layer<acc_t> L = prepare_rows<acc_t>(weight, metric, op, name);
   if constexpr (std::is_same_v<acc_t, float>) {
     L.pair_kernel = L.direct && avx512_kernels();
-    if (!L.direct && !L.packed.defined() && L.m > 0 && avx512_kernels()) {
-      const int64_t d = L.d, m = L.m;
-      L.packed = at::empty({gram::packed_size(m, d)}, L.rows.options());
-      const float* x = L.rows.template const_data_ptr<float>();
-      float* out = L.packed.template mutable_data_ptr<float>();
-      const int64_t panels = (m + gram::kPanel - 1) / gram::kPanel;
-      at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / d), [&](int64_t b, int64_t e) {
-        gram::pack(x, m, d, b, e, out);
-      });
-    }
+    if (!L.direct && !L.packed.defined() && L.m > 0 && avx512_kernels())
+      L.packed = pack_rows(L.rows.template const_data_ptr<float>(), L.m, L.d, L.rows.options());
   }
   return L;
 }
