@@ -127,15 +127,22 @@ FPGM_INLINE double epilogue_impl(const T* __restrict g, T sq_i, const T* __restr
   double lane[kLanes] = {};
   int64_t close_lane[kLanes] = {};
   int64_t k = 0;
-  for (; k + kLanes <= len; k += kLanes)
+  for (; k + kLanes <= len; k += kLanes) {
+    // Separate loops: GCC vectorises each (all in one loop, it left every entry scalar, a
+    // branch around each sqrt; bench/NOTES.md section 16).
+    T d[kLanes];
+    int is_close[kLanes];
     for (int l = 0; l < kLanes; ++l) {
       bool close;
       const T d2 = gram_d2(g[k + l], sq_i, sq[k + l], &close);
-      const T d = close ? T(0) : dist(d2);
-      close_lane[l] += close;
-      colsum[k + l] += static_cast<double>(d);
-      lane[l] += static_cast<double>(d);
+      const T v = dist(d2);
+      is_close[l] = close;
+      d[l] = close ? T(0) : v;
     }
+    for (int l = 0; l < kLanes; ++l) colsum[k + l] += static_cast<double>(d[l]);
+    for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(d[l]);
+    for (int l = 0; l < kLanes; ++l) close_lane[l] += is_close[l];
+  }
   double s = sum_lanes(lane);
   int64_t n_close = 0;
   for (int l = 0; l < kLanes; ++l) n_close += close_lane[l];
@@ -158,7 +165,8 @@ FPGM_INLINE int64_t epilogue_store_impl(const T* __restrict g, T sq_i, const T* 
   for (int64_t k = 0; k < len; ++k) {
     bool close;
     const T d2 = gram_d2(g[k], sq_i, sq[k], &close);
-    out[k] = close ? T(0) : dist(d2);
+    const T v = dist(d2);  // unconditionally, then a select: vectorises
+    out[k] = close ? T(0) : v;
     n_close += close;
   }
   return n_close;
