@@ -84,8 +84,9 @@ struct Layer {
                                // centred on the Gram path
   std::vector<acc_t> sq;       // Gram path: |row|^2 of the prepared rows
   std::vector<int64_t> index;  // cos with zero rows: original row of each prepared row
-  at::Tensor packed;           // float Gram path on AVX-512 CPUs: the rows, packed for
-                               // gram::block (see gram_kernel.h); else undefined
+  at::Tensor packed;           // float on AVX-512 CPUs, the Gram path and the direct path
+                               // in few dimensions: the rows packed for gram::block /
+                               // pairs::small_block; else undefined
   int64_t n = 0;               // filters of the layer
   int64_t m = 0;               // prepared rows (n less the zero rows for cos)
   int64_t d = 0;
@@ -132,7 +133,7 @@ Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_v
   // packed kernel's l2 path takes them from the pass that packs the rows.
   std::vector<double> norm2(n);
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (metric == Metric::L2 && !L.direct && avx512_kernels())
+    if (metric != Metric::Cos && (!L.direct || d <= pairs::kSmallD) && avx512_kernels())
       L.packed = pack_rows(xp, n, d, x.options(), norm2.data());
   }
   if (!L.packed.defined()) {
@@ -221,8 +222,9 @@ Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view o
                      const std::string& name) {
   Layer<acc_t> L = prepare_rows<acc_t>(weight, metric, op, name);
   if constexpr (std::is_same_v<acc_t, float>) {
-    L.pair_kernel = L.direct && avx512_kernels();
-    if (!L.direct && !L.packed.defined() && L.m > 0 && avx512_kernels())
+    const bool small = L.direct && L.d <= pairs::kSmallD;
+    L.pair_kernel = L.direct && !small && avx512_kernels();
+    if ((!L.direct || small) && !L.packed.defined() && L.m > 0 && avx512_kernels())
       L.packed = pack_rows(L.rows.template const_data_ptr<float>(), L.m, L.d, L.rows.options());
   }
   return L;
@@ -398,10 +400,21 @@ const acc_t* gram_block(const Layer<acc_t>& L, const Item& it, Scratch<acc_t>& s
 // Direct-path distances of a tile pair into s.dist[ni, nj] (only column > row filled).
 template <typename acc_t>
 const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it, Scratch<acc_t>& s) {
-  s.dist.assign(it.ni * it.nj, 0.0);
   const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
   const int64_t d = L.d;
   bool done = false;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (L.packed.defined()) {  // the distances themselves, every entry read written
+      s.dist.resize(it.ni * it.nj);
+      const auto kind = metric == Metric::L1   ? pairs::Kind::L1
+                        : metric == Metric::L2 ? pairs::Kind::L2
+                                               : pairs::Kind::Cos;
+      pairs::small_block(rows, L.packed.template const_data_ptr<float>(), d, it.i0, it.ni, it.j0,
+                         it.nj, kind, it.j0 < it.i0 + it.ni, s.dist.data());
+      return s.dist.data();
+    }
+  }
+  s.dist.assign(it.ni * it.nj, 0.0);
   if constexpr (std::is_same_v<acc_t, float>) {
     if (L.pair_kernel) {
       pairs::block(rows, d, it.i0, it.ni, it.j0, it.nj, metric != Metric::L1,
@@ -477,11 +490,10 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
     double* csum = rsum + it.ni;
     if (L.direct) {
       const double* dist = direct_block(L, metric, it, s);
-      for (int64_t r = 0; r < it.ni; ++r)
-        for (int64_t c = std::max<int64_t>(0, it.i0 + r + 1 - it.j0); c < it.nj; ++c) {
-          rsum[r] += dist[r * it.nj + c];
-          csum[c] += dist[r * it.nj + c];
-        }
+      for (int64_t r = 0; r < it.ni; ++r) {
+        const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);
+        if (c0 < it.nj) rsum[r] += simd::sum_and_add(dist + r * it.nj + c0, csum + c0, it.nj - c0);
+      }
       return;
     }
     const acc_t* g = gram_block(L, it, s);

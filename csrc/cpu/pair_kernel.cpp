@@ -90,9 +90,66 @@ FPGM_AVX512 void block(const float* rows, int64_t d, int64_t i0, int64_t ni, int
   }
 }
 
+namespace {
+
+// Rows a[0..3] (row-major, d floats) against the 16 packed columns at p (p[16 k + l] is
+// column l's k-th value): dist[r * ld + l] = the distance of a_r and column l, for r < rows,
+// l < cols.
+template <Kind kKind>
+FPGM_AVX512 void small_tile(const float* const (&a)[kTile], const float* p, int64_t d, int rows,
+                            int cols, double* dist, int64_t ld) {
+  __m512 acc[kTile];
+  for (int r = 0; r < kTile; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < d; ++k) {
+    const __m512 col = _mm512_loadu_ps(p + 16 * k);
+    for (int r = 0; r < kTile; ++r) {
+      const __m512 diff = _mm512_sub_ps(_mm512_set1_ps(a[r][k]), col);
+      acc[r] = kKind != Kind::L1 ? _mm512_fmadd_ps(diff, diff, acc[r])
+                                 : _mm512_add_ps(acc[r], _mm512_abs_ps(diff));
+    }
+  }
+  for (int r = 0; r < kTile; ++r) {
+    if (kKind == Kind::L2) acc[r] = _mm512_sqrt_ps(acc[r]);
+    if (kKind == Kind::Cos)  // unit rows: 1 - cos = |u - v|^2 / 2
+      acc[r] = _mm512_min_ps(_mm512_mul_ps(acc[r], _mm512_set1_ps(0.5f)), _mm512_set1_ps(2.0f));
+  }
+  const __mmask8 lo = cols >= 8 ? __mmask8(0xff) : __mmask8((1u << cols) - 1);
+  const __mmask8 hi = cols >= 16 ? __mmask8(0xff) : cols > 8 ? __mmask8((1u << (cols - 8)) - 1) : 0;
+  for (int r = 0; r < rows; ++r) {
+    _mm512_mask_storeu_pd(dist + r * ld, lo, _mm512_cvtps_pd(_mm512_castps512_ps256(acc[r])));
+    _mm512_mask_storeu_pd(dist + r * ld + 8, hi, _mm512_cvtps_pd(_mm256_castpd_ps(
+                                                     _mm512_extractf64x4_pd(_mm512_castps_pd(acc[r]), 1))));
+  }
+}
+
+}  // namespace
+
+FPGM_AVX512 void small_block(const float* rows, const float* packed, int64_t d, int64_t i0,
+                             int64_t ni, int64_t j0, int64_t nj, Kind kind, bool upper,
+                             double* dist) {
+  for (int64_t r = 0; r < ni; r += kTile) {
+    const int nr = static_cast<int>(std::min<int64_t>(kTile, ni - r));
+    const float* a[kTile];
+    for (int t = 0; t < kTile; ++t) a[t] = rows + (i0 + r + std::min(t, nr - 1)) * d;
+    int64_t c = upper ? std::max<int64_t>(0, i0 + r + 1 - j0) / 16 * 16 : 0;
+    for (; c < nj; c += 16) {
+      const int nc = static_cast<int>(std::min<int64_t>(16, nj - c));
+      const float* p = packed + (j0 + c) * d;  // its panel: 16 rows x d, k-major
+      double* out = dist + r * nj + c;
+      switch (kind) {
+        case Kind::L1: small_tile<Kind::L1>(a, p, d, nr, nc, out, nj); break;
+        case Kind::L2: small_tile<Kind::L2>(a, p, d, nr, nc, out, nj); break;
+        case Kind::Cos: small_tile<Kind::Cos>(a, p, d, nr, nc, out, nj); break;
+      }
+    }
+  }
+}
+
 #else  // no kernel in this build: avx512_kernels() is false, and the callers use simd_loops
 
 void block(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, double*) {}
+void small_block(const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, Kind,
+                 bool, double*) {}
 
 #endif
 

@@ -19,4 +19,15 @@ namespace fpgm::pairs {
 void block(const float* rows, int64_t d, int64_t i0, int64_t ni, int64_t j0, int64_t nj,
            bool squared, bool upper, double* dist);
 
+// The distances themselves for rows of few dimensions (d <= kSmallD), where 16 lanes
+// along k would mostly hold padding: the lanes run along 16 columns instead, read from the
+// rows packed as for gram::block (gram_kernel.h); no reduction at all. dist[r * nj + c] =
+// sum_k |a_k - b_k| (kind L1), sqrt(sum_k (a_k - b_k)^2) (L2), or min(sum_k (a_k - b_k)^2 / 2,
+// 2) (Cos, unit rows), in float (at most kSmallD terms), written as double. j0 a multiple
+// of 16; `upper` as for block().
+constexpr int64_t kSmallD = 32;
+enum class Kind { L1, L2, Cos };
+void small_block(const float* rows, const float* packed, int64_t d, int64_t i0, int64_t ni,
+                 int64_t j0, int64_t nj, Kind kind, bool upper, double* dist);
+
 }  // namespace fpgm::pairs

@@ -275,6 +275,22 @@ FPGM_INLINE void diff_rows_impl(const T* a, const T* b, int64_t ldb, int64_t nb,
     diff_rows_impl(a, b, ldb, nb, len, acc, SquaredDiff{});                                    \
   }
 
+FPGM_SIMD_CLONES double sum_and_add(const double* __restrict x, double* __restrict colsum,
+                                    int64_t len) {
+  double lane[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= len; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) colsum[k + l] += x[k + l];
+    for (int l = 0; l < kLanes; ++l) lane[l] += x[k + l];
+  }
+  double s = sum_lanes(lane);
+  for (; k < len; ++k) {
+    colsum[k] += x[k];
+    s += x[k];
+  }
+  return s;
+}
+
 FPGM_DEFINE_LOOPS(float)
 FPGM_DEFINE_LOOPS(double)
 

@@ -18,6 +18,10 @@ namespace fpgm::simd {
 void add_scaled(const float* x, double scale, double* out, int64_t len);
 void add_scaled(const double* x, double scale, double* out, int64_t len);
 
+// colsum[k] += x[k] for k < len; returns sum(x) (in 16 lanes, added in order: one chain of
+// dependent additions would cost 4 cycles an entry).
+double sum_and_add(const double* x, double* colsum, int64_t len);
+
 // Sum of squares of x, in double.
 double sum_squares(const float* x, int64_t len);
 double sum_squares(const double* x, int64_t len);
