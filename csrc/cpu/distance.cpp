@@ -84,9 +84,9 @@ struct Layer {
                                // centred on the Gram path
   std::vector<acc_t> sq;       // Gram path: |row|^2 of the prepared rows
   std::vector<int64_t> index;  // cos with zero rows: original row of each prepared row
-  at::Tensor packed;           // float on AVX-512 CPUs, the Gram path and the direct path
+  at::Tensor packed;           // on AVX-512 CPUs, the Gram path and the float direct path
                                // in few dimensions: the rows packed for gram::block /
-                               // pairs::small_block; else undefined
+                               // pairs::small_block (uses_packed_rows); else undefined
   int64_t n = 0;               // filters of the layer
   int64_t m = 0;               // prepared rows (n less the zero rows for cos)
   int64_t d = 0;
@@ -104,15 +104,23 @@ struct Item {
 
 // The packed copy of rows x[m, d] for gram::block, panels split over the threads; with
 // norm2, the rows' squared norms from the same pass.
-inline at::Tensor pack_rows(const float* x, int64_t m, int64_t d, const at::TensorOptions& options,
-                            double* norm2 = nullptr) {
-  at::Tensor packed = at::empty({gram::packed_size(m, d)}, options);
-  float* out = packed.mutable_data_ptr<float>();
-  const int64_t panels = (m + gram::kPanel - 1) / gram::kPanel;
-  at::parallel_for(0, panels, std::max<int64_t>(1, 2048 / d), [&](int64_t b, int64_t e) {
-    gram::pack(x, m, d, b, e, out, norm2);
-  });
+template <typename T>
+at::Tensor pack_rows(const T* x, int64_t m, int64_t d, const at::TensorOptions& options,
+                     double* norm2 = nullptr) {
+  at::Tensor packed = at::empty({gram::packed_size<T>(m, d)}, options);
+  T* out = packed.template mutable_data_ptr<T>();
+  const int64_t panels = (m + gram::kPanel<T> - 1) / gram::kPanel<T>;
+  at::parallel_for(0, panels, std::max<int64_t>(1, 32768 / gram::kPanel<T> / d),
+                   [&](int64_t b, int64_t e) { gram::pack(x, m, d, b, e, out, norm2); });
   return packed;
+}
+
+// Whether layer L (prepared rows, float or double) takes a packed copy of its rows: the
+// Gram path, and the float direct path in few dimensions (pairs::small_block).
+template <typename acc_t>
+bool uses_packed_rows(const Layer<acc_t>& L) {
+  if (!avx512_kernels()) return false;
+  return !L.direct || (std::is_same_v<acc_t, float> && L.d <= pairs::kSmallD);
 }
 
 // Converts one weight to prepared rows. Throws if it holds NaN or Inf.
@@ -132,10 +140,8 @@ Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_v
   // Squared row norms: finiteness, unit rows (cos), and whether l2 needs centring. The
   // packed kernel's l2 path takes them from the pass that packs the rows.
   std::vector<double> norm2(n);
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (metric != Metric::Cos && (!L.direct || d <= pairs::kSmallD) && avx512_kernels())
-      L.packed = pack_rows(xp, n, d, x.options(), norm2.data());
-  }
+  if (metric != Metric::Cos && uses_packed_rows(L))  // (cos rows change: packed by prepare)
+    L.packed = pack_rows(xp, n, d, x.options(), norm2.data());
   if (!L.packed.defined()) {
     at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) norm2[i] = simd::sum_squares(xp + i * d, d);
@@ -216,17 +222,15 @@ Layer<acc_t> prepare_rows(const at::Tensor& weight, Metric metric, std::string_v
   return L;
 }
 
-// prepare_rows, and for the float Gram path on AVX-512 CPUs the packed copy of the rows.
+// prepare_rows, and on AVX-512 CPUs the packed copy of the rows (uses_packed_rows).
 template <typename acc_t>
 Layer<acc_t> prepare(const at::Tensor& weight, Metric metric, std::string_view op,
                      const std::string& name) {
   Layer<acc_t> L = prepare_rows<acc_t>(weight, metric, op, name);
-  if constexpr (std::is_same_v<acc_t, float>) {
-    const bool small = L.direct && L.d <= pairs::kSmallD;
-    L.pair_kernel = L.direct && !small && avx512_kernels();
-    if ((!L.direct || small) && !L.packed.defined() && L.m > 0 && avx512_kernels())
-      L.packed = pack_rows(L.rows.template const_data_ptr<float>(), L.m, L.d, L.rows.options());
-  }
+  if (!L.packed.defined() && L.m > 0 && uses_packed_rows(L))
+    L.packed = pack_rows(L.rows.template const_data_ptr<acc_t>(), L.m, L.d, L.rows.options());
+  L.pair_kernel = std::is_same_v<acc_t, float> && L.direct && !L.packed.defined() &&
+                  avx512_kernels();
   return L;
 }
 
@@ -382,12 +386,10 @@ void for_each_item(const std::vector<Item>& items, const std::vector<Layer<acc_t
 template <typename acc_t>
 const acc_t* gram_block(const Layer<acc_t>& L, const Item& it, Scratch<acc_t>& s) {
   s.gram.resize(it.ni * it.nj);
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (L.packed.defined()) {
-      gram::block(L.packed.template const_data_ptr<float>(), L.d, it.i0, it.ni, it.j0, it.nj,
-                  it.j0 < it.i0 + it.ni, s.gram.data());
-      return s.gram.data();
-    }
+  if (L.packed.defined()) {
+    gram::block(L.packed.template const_data_ptr<acc_t>(), L.d, it.i0, it.ni, it.j0, it.nj,
+                it.j0 < it.i0 + it.ni, s.gram.data());
+    return s.gram.data();
   }
   const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
   if (blas::gemm_abt(it.ni, it.nj, L.d, rows + it.i0 * L.d, rows + it.j0 * L.d, s.gram.data()))
