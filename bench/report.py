@@ -415,9 +415,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings[name] = time.perf_counter() - start
         print(f"[{name}: {timings[name]:.0f} s]", flush=True)
     start = time.perf_counter()
-    plot(scaling(args), machine, args.plot)
-    timings["scaling plot"] = time.perf_counter() - start
-    print(f"[scaling plot: {timings['scaling plot']:.0f} s] wrote {args.plot}\n", flush=True)
+    try:
+        import matplotlib  # noqa: F401  (the plot only: the table does not need it)
+    except ImportError:
+        print("[scaling plot: skipped, matplotlib is not installed (pip install matplotlib, "
+              "or the package's [bench] extra)]\n", flush=True)
+    else:
+        plot(scaling(args), machine, args.plot)
+        timings["scaling plot"] = time.perf_counter() - start
+        print(f"[scaling plot: {timings['scaling plot']:.0f} s] wrote {args.plot}\n", flush=True)
 
     table = render(rows)
     print(table)
