@@ -91,7 +91,8 @@ struct Layer {
   int64_t m = 0;               // prepared rows (n less the zero rows for cos)
   int64_t d = 0;
   bool direct = false;
-  bool pair_kernel = false;    // direct path, float, AVX-512: pairs::block (pair_kernel.h)
+  bool pair_kernel = false;    // direct path, float, AVX-512, not packed: pairs::block
+                               // (pair_kernel.h); decided once per layer (prepare)
 };
 
 // A block of distances: rows [i0, i0 + ni) against columns [j0, j0 + nj) of one layer,
@@ -404,7 +405,7 @@ template <typename acc_t>
 const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it, Scratch<acc_t>& s) {
   const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
   const int64_t d = L.d;
-  bool done = false;
+  const bool upper = it.j0 < it.i0 + it.ni;
   if constexpr (std::is_same_v<acc_t, float>) {
     if (L.packed.defined()) {  // the distances themselves, every entry read written
       s.dist.resize(it.ni * it.nj);
@@ -412,28 +413,26 @@ const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it,
                         : metric == Metric::L2 ? pairs::Kind::L2
                                                : pairs::Kind::Cos;
       pairs::small_block(rows, L.packed.template const_data_ptr<float>(), d, it.i0, it.ni, it.j0,
-                         it.nj, kind, it.j0 < it.i0 + it.ni, s.dist.data());
+                         it.nj, kind, upper, s.dist.data());
       return s.dist.data();
     }
   }
   s.dist.assign(it.ni * it.nj, 0.0);
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (L.pair_kernel) {
-      pairs::block(rows, d, it.i0, it.ni, it.j0, it.nj, metric != Metric::L1,
-                   it.j0 < it.i0 + it.ni, s.dist.data());
-      done = true;
-    }
-  }
-  for (int64_t k0 = 0; !done && k0 < d; k0 += kBlock) {
-    const int64_t len = std::min(kBlock, d - k0);
-    for (int64_t r = 0; r < it.ni; ++r) {
-      const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);
-      if (c0 >= it.nj) continue;
-      const acc_t* a = rows + (it.i0 + r) * d + k0;
-      const acc_t* b = rows + (it.j0 + c0) * d + k0;
-      double* acc = s.dist.data() + r * it.nj + c0;
-      if (metric == Metric::L1) simd::l1_rows(a, b, d, it.nj - c0, len, acc);
-      else simd::sqdiff_rows(a, b, d, it.nj - c0, len, acc);
+  if (L.pair_kernel) {
+    if constexpr (std::is_same_v<acc_t, float>)
+      pairs::block(rows, d, it.i0, it.ni, it.j0, it.nj, metric != Metric::L1, upper, s.dist.data());
+  } else {
+    for (int64_t k0 = 0; k0 < d; k0 += kBlock) {
+      const int64_t len = std::min(kBlock, d - k0);
+      for (int64_t r = 0; r < it.ni; ++r) {
+        const int64_t c0 = std::max<int64_t>(0, it.i0 + r + 1 - it.j0);
+        if (c0 >= it.nj) continue;
+        const acc_t* a = rows + (it.i0 + r) * d + k0;
+        const acc_t* b = rows + (it.j0 + c0) * d + k0;
+        double* acc = s.dist.data() + r * it.nj + c0;
+        if (metric == Metric::L1) simd::l1_rows(a, b, d, it.nj - c0, len, acc);
+        else simd::sqdiff_rows(a, b, d, it.nj - c0, len, acc);
+      }
     }
   }
   if (metric == Metric::L2)

@@ -172,7 +172,7 @@ FPGM_AVX512 void pack(const float* x, int64_t m, int64_t d, int64_t p0, int64_t 
     __m512d sum_lo = _mm512_setzero_pd(), sum_hi = _mm512_setzero_pd();  // rows 0-7, 8-15
     for (int64_t k0 = 0; k0 < d; k0 += 16) {
       const int64_t len = std::min<int64_t>(16, d - k0);
-      const __mmask16 mask = len == 16 ? __mmask16(0xffff) : __mmask16((1u << len) - 1);
+      const __mmask16 mask = first_lanes<__mmask16, 16>(len);
       __m512 r[16];
       for (int i = 0; i < 16; ++i)
         r[i] = i < rows ? _mm512_maskz_loadu_ps(mask, src + i * d + k0) : _mm512_setzero_ps();
