@@ -57,6 +57,11 @@ inline void check_weights(at::TensorList weights) {
   }
 }
 
+// distance_matrix: a [B, N, D] weight is a batch of B layers (result [B, N, N]); any other
+// rank is one layer [N, ...] (result [N, N]). fpgm_ext/_checks.py holds the same rule for
+// the reference and fake kernels.
+inline bool is_layer_batch(const at::Tensor& weight) { return weight.dim() == 3; }
+
 inline std::string nonfinite_message(std::string_view op, const std::string& name) {
   return "fpgm." + std::string(op) + ": " + name +
          " contains NaN or Inf; FPGM scores would be meaningless";

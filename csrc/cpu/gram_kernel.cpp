@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "../accuracy.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define FPGM_GRAM_KERNEL 1
 #include <immintrin.h>
@@ -238,9 +240,10 @@ void block(const double* packed, int64_t d, int64_t i0, int64_t ni, int64_t j0, 
 FPGM_AVX512 double l2_epilogue(const float* g, float sq_i, const float* sq, double* colsum,
                                int64_t len, int64_t* close) {
   // Per entry, as simd::gram_d2: s = sq_i + sq_c, d^2 = s - 2g (2g exact: one rounding, FMA
-  // or not), close when d^2 * 64 < s; d = sqrt(max(d^2, 0)), 0 for close pairs.
+  // or not), close when d^2 * kCloseRatio < s; d = sqrt(max(d^2, 0)), 0 for close pairs.
   const __m512 si = _mm512_set1_ps(sq_i), two = _mm512_set1_ps(2.0f),
-               ratio = _mm512_set1_ps(64.0f), zero = _mm512_setzero_ps();
+               ratio = _mm512_set1_ps(static_cast<float>(accuracy::kCloseRatio)),
+               zero = _mm512_setzero_ps();
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();  // lanes 0-7 and 8-15
   int64_t n_close = 0;
   int64_t k = 0;
@@ -266,8 +269,8 @@ FPGM_AVX512 double l2_epilogue(const float* g, float sq_i, const float* sq, doub
   for (; k < len; ++k) {  // the tail, entry by entry in the same order
     const float s = sq_i + sq[k];
     const float d2 = s - 2.0f * g[k];
-    const bool c = d2 * 64.0f < s;
-    const float d = c ? 0.0f : __builtin_sqrtf(std::max(d2, 0.0f));
+    const bool c = accuracy::is_close_pair(d2, s);
+    const float d = c ? 0.0f : accuracy::l2_from_d2(d2);
     n_close += c;
     colsum[k] += static_cast<double>(d);
     sum += static_cast<double>(d);

@@ -1,7 +1,7 @@
 // The Gram products of the l2 / cos path on AVX-512 CPUs: our own register-blocked kernel
 // on one packed copy of the rows, instead of one BLAS call per block. A BLAS call packs
 // both operands again on every call and reaches only 0.5-0.65 of its large-GEMM rate on the
-// 32-64 row blocks near the diagonal of the triangle (bench/NOTES.md section 16); here the
+// 32-64 row blocks near the diagonal of the triangle (bench/NOTES.md); here the
 // rows are packed once per layer, and the triangle is covered tile by tile, down to 8 rows
 // x one panel next to the diagonal. float32 and float64 (the pruner's scores).
 //

@@ -2,6 +2,8 @@
 // instruction set. Needs -fno-math-errno (std::sqrt would otherwise stay scalar).
 #include "simd_loops.h"
 
+#include "../accuracy.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -100,23 +102,22 @@ FPGM_INLINE double centred_norm2_impl(const T* x, double scale, const double* me
 
 template <typename T>
 FPGM_INLINE T l2_of(T d2) {
-  return std::sqrt(std::max(d2, T(0)));
+  return accuracy::l2_from_d2(d2);
 }
 template <typename T>
 FPGM_INLINE T cos_of(T d2) {
-  return std::min(std::max(T(0.5) * d2, T(0)), T(2));  // 1 - cos = |u - v|^2 / 2
+  return accuracy::cos_from_d2(d2);
 }
 
-// The squared distance of a Gram entry and whether it is close: d^2 under 1 / kCloseRatio
-// of sq_i + sq_c, where the difference has cancelled too far to be trusted. Evaluated
-// bit-identically wherever it is inlined, vectorised or not, contracted to an FMA or not
-// (2g and d^2 * 64 are exact, so s - 2g rounds once either way): the caller's fix-up pass
-// finds exactly the pairs the epilogue left out.
+// The squared distance of a Gram entry and whether it is close (accuracy::is_close_pair).
+// Evaluated bit-identically wherever it is inlined, vectorised or not, contracted to an
+// FMA or not (2g and d^2 * 64 are exact, so s - 2g rounds once either way): the caller's
+// fix-up pass finds exactly the pairs the epilogue left out.
 template <typename T>
 FPGM_INLINE T gram_d2(T g, T sq_i, T sq_c, bool* close) {
   const T s = sq_i + sq_c;
   const T d2 = s - T(2) * g;
-  *close = d2 * T(kCloseRatio) < s;
+  *close = accuracy::is_close_pair(d2, s);
   return d2;
 }
 
@@ -129,7 +130,7 @@ FPGM_INLINE double epilogue_impl(const T* __restrict g, T sq_i, const T* __restr
   int64_t k = 0;
   for (; k + kLanes <= len; k += kLanes) {
     // Separate loops: GCC vectorises each (all in one loop, it left every entry scalar, a
-    // branch around each sqrt; bench/NOTES.md section 16).
+    // branch around each sqrt).
     T d[kLanes];
     int is_close[kLanes];
     for (int l = 0; l < kLanes; ++l) {

@@ -38,12 +38,9 @@ double shift(const double* x, const double* c, double* out, int64_t len);
 double centred_norm2(const float* x, double scale, const double* mean, int64_t len);
 double centred_norm2(const double* x, double scale, const double* mean, int64_t len);
 
-// Close pairs: a squared distance d^2 = sq_i + sq_c - 2g under 1 / kCloseRatio of
-// sq_i + sq_c has cancelled too far to be trusted (filters in a tight cluster away from
-// the centre); the epilogues leave such pairs out (distance 0), count them, and the caller
-// recomputes exactly the pairs is_close() names, directly. The test is bit-identical in
-// every clone and in scalar code.
-constexpr double kCloseRatio = 64.0;
+// Close pairs (accuracy::is_close_pair, csrc/accuracy.h): the epilogues leave such pairs
+// out (distance 0), count them, and the caller recomputes exactly the pairs is_close()
+// names, directly. The test is bit-identical in every clone and in scalar code.
 bool is_close(float g, float sq_i, float sq_c);
 bool is_close(double g, double sq_i, double sq_c);
 

@@ -149,8 +149,7 @@ at::Tensor distance_matrix_cuda(const at::Tensor& weight, c10::string_view metri
   check_weight("distance_matrix", "weight", weight);
   const c10::cuda::CUDAGuard guard(weight.device());
   const auto options = weight.options().dtype(result_type(weight.scalar_type()));
-  // [B, N, D] is a batch of B layers; any other rank is one layer [N, ...].
-  if (weight.dim() != 3) {
+  if (!is_layer_batch(weight)) {
     const int64_t n = weight.size(0);
     at::Tensor out = at::empty({n, n}, options);
     run({rows_of(weight)}, {out}, m, true);
