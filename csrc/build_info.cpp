@@ -4,6 +4,8 @@
 
 #include <sstream>
 
+#include "accuracy.h"
+
 #ifndef FPGM_EXT_CUDA_ARCH_LIST
 #define FPGM_EXT_CUDA_ARCH_LIST ""
 #endif
@@ -33,6 +35,11 @@ std::string build_info_json() {
   s << ", \"openmp\": null";
 #endif
   s << ", \"compiler\": \"" << __VERSION__ << "\"";
+  // The accuracy contract the kernels were compiled with (tests compare the reference's).
+  s << ", \"accuracy\": {\"close_ratio\": " << accuracy::kCloseRatio
+    << ", \"centre_rows\": " << accuracy::kCentreRows
+    << ", \"centre_ratio\": " << accuracy::kCentreRatio
+    << ", \"direct_max_d\": " << accuracy::kDirectMaxD << "}";
   s << ", \"build_system\": \"" << FPGM_EXT_BUILD_SYSTEM << "\"}";
   return s.str();
 }

@@ -6,8 +6,9 @@
 // - l2 and cos: Gram products and a SIMD epilogue, d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at
 //   0, sqrt (l2) or d^2 / 2 (cos), row and column sums. The products: on an AVX-512 CPU,
 //   our packed kernel (gram_kernel.h); otherwise one BLAS product per item;
-// - l1, and l2 / cos in few dimensions (where the Gram identity would cancel): tile pairs,
-//   a SIMD |a - b| or (a - b)^2 loop (distance_blocks.h).
+// - l1, and l2 / cos in few dimensions (where the Gram identity would cancel) or in small
+//   layers: tile pairs, a SIMD |a - b| or (a - b)^2 loop, or on AVX-512 CPUs the pair
+//   kernels (pair_kernel.h) (distance_blocks.h).
 // Cosine *scores* need none of this: they have a closed form (cos_scores.cpp); the Gram
 // path serves cosine matrices.
 // This file reduces the items into scores or a matrix and holds the entry points.
@@ -21,7 +22,7 @@
 // before the Gram product when the weights share a large common component (l2; cos
 // always, after normalising), which leaves distances unchanged and makes the norms small;
 // and any pair still close compared with its norms (filters in a tight cluster,
-// near-duplicates) is recomputed directly, sum (a - b)^2 in float64.
+// near-duplicates) is recomputed directly from sum (a - b)^2.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -85,7 +85,8 @@ const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it,
 // for most layers, but filters in tight clusters (near-duplicates, the case FPGM exists
 // for) still sit far from the centre and close to each other. The epilogues leave those
 // pairs out and count them; a row that had any is fixed up here: exactly those pairs
-// (simd::is_close), sum_k (a_k - b_k)^2 in float64.
+// (simd::is_close), sum_k (a_k - b_k)^2 (in the rows' type over chunks of kBlock columns,
+// the chunks added in float64).
 template <typename acc_t>
 double exact_distance(const Layer<acc_t>& L, Metric metric, int64_t row_a, int64_t row_b) {
   const acc_t* rows = L.rows.template const_data_ptr<acc_t>();

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "../checks.h"
-#include "kernels/distance.cuh"
+#include "kernels/distance_plan.cuh"
 
 namespace fpgm {
 namespace {

@@ -17,7 +17,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 KERNELS = HERE.parents[1] / "csrc" / "cuda" / "kernels"
-SOURCES = [HERE / "shim.cpp", HERE / "cuda_emu.h", *sorted(KERNELS.glob("*.cuh"))]
+SOURCES = [HERE / "shim.cpp", HERE / "cuda_emu.h", KERNELS.parents[1] / "accuracy.h", *sorted(KERNELS.glob("*.cuh"))]
 
 METRICS = {"l2": 0, "l1": 1, "cos": 2}
 # dtype name -> (code, numpy storage dtype of the input, numpy dtype of the result)

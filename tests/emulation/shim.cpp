@@ -10,7 +10,7 @@
 #include <exception>
 #include <new>
 
-#include "distance.cuh"
+#include "distance_plan.cuh"
 #include "gather.cuh"
 
 namespace {

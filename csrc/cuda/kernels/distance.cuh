@@ -1,4 +1,6 @@
-// Device code of fpgm::distance_scores, distance_matrix and distance_scores_multi.
+// Device code of fpgm::distance_scores, distance_matrix and distance_scores_multi: the
+// work tables' types and the kernels. The host planner that builds the tables and
+// launches the kernels is distance_plan.cuh.
 // No torch or CUDA header: see common.cuh for the three ways this file is compiled.
 //
 // Every call, one layer or a whole model, is the same five launches (l1: four, matrix:
@@ -28,7 +30,7 @@
 //   4b. split_finish_kernel adds them in a fixed order and runs the same epilogue
 //   5. finalize_kernel      scores: float64 sums -> the result dtype; NaN for a bad layer
 //
-// Accuracy (the contract of csrc/cpu/distance.cpp): centring the rows keeps
+// Accuracy (the contract of csrc/accuracy.h, as the CPU kernels keep it): centring the rows keeps
 // |a|^2 + |b|^2 - 2ab from cancelling between near-duplicate filters. Products are float32
 // FMAs (never TF32) accumulated in chunks of kTileK = 16 columns; each chunk's float32 sum
 // is added to a float64 total. The squared norms sq_i are built from the very same chunk
@@ -42,14 +44,8 @@
 // never ranked silently. The row_stats flag is per layer: other layers are unaffected.
 #pragma once
 
+#include "../../accuracy.h"
 #include "common.cuh"
-
-#ifdef FPGM_KERNELS_HOST
-#include <algorithm>
-#include <cstddef>
-#include <cstring>
-#include <vector>
-#endif
 
 namespace fpgm {
 namespace kernels {
@@ -64,10 +60,9 @@ constexpr int kColsPerBlock = 32;   // column means: 32 columns x 8 row groups p
 constexpr int kColGroups = 8;
 constexpr int kColThreads = kColsPerBlock * kColGroups;
 constexpr int kFinalThreads = 256;
-// l2 / cos with D up to this take the direct path, as the CPU kernel does: the distance
-// from sum (a - b)^2 of the uncentred rows (cos: unit rows), since the Gram identity
-// cancels for close pairs in few dimensions, where centring cannot help.
-constexpr int kDirectMaxD = 16;
+// l2 / cos with D up to accuracy::kDirectMaxD take the direct path, as the CPU kernel
+// does: the distance from sum (a - b)^2 of the uncentred rows (cos: unit rows).
+using accuracy::kDirectMaxD;
 
 struct LayerDesc {
   const void* x;           // input rows [n, d], contiguous, of the op's input dtype
@@ -215,10 +210,9 @@ __global__ void __launch_bounds__(kRowThreads) prepare_rows_kernel(DistanceArgs<
 // The distance of rows r, c (global row indices) of layer L from their Gram entry g (l2,
 // cos). Filters in tight clusters away from the centre (near-duplicates, the case FPGM
 // exists for) leave d^2 = sq_r + sq_c - 2g a small difference of large terms that has
-// cancelled: where d^2 is under 1 / kCloseRatio of sq_r + sq_c, it is recomputed from
-// the prepared rows, sum (a - b)^2 in float64, as the CPU kernel does. Such pairs are
-// rare outside clustered layers; each costs one thread a pass over the two rows.
-constexpr double kCloseRatio = 64.0;
+// cancelled: such a close pair (accuracy::is_close_pair) is recomputed from the prepared
+// rows, sum (a - b)^2 in float64, as the CPU kernel does. Such pairs are rare outside
+// clustered layers; each costs one thread a pass over the two rows.
 
 template <typename acc_t>
 __device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, const LayerDesc& L,
@@ -226,7 +220,7 @@ __device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, co
   if (a.metric == kMetricCos && (a.zero[r] || a.zero[c])) return 1.0;  // zero row: distance 1
   const double sum_sq = a.sq[r] + a.sq[c];
   double d2 = sum_sq - 2.0 * g;
-  if (d2 * kCloseRatio < sum_sq) {
+  if (accuracy::is_close_pair(d2, sum_sq)) {
     const acc_t* x = a.rows + L.elem_off + (r - L.row_off) * L.ld;
     const acc_t* y = a.rows + L.elem_off + (c - L.row_off) * L.ld;
     d2 = 0.0;
@@ -235,19 +229,16 @@ __device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, co
       d2 += diff * diff;
     }
   }
-  if (a.metric == kMetricL2) return sqrt(d2 > 0.0 ? d2 : 0.0);
-  const double h = 0.5 * d2;                // 1 - cos = |u - v|^2 / 2 for unit u, v
-  return h < 0.0 ? 0.0 : (h > 2.0 ? 2.0 : h);
+  return a.metric == kMetricL2 ? accuracy::l2_from_d2(d2) : accuracy::cos_from_d2(d2);
 }
 
 // The distance of rows r, c from sum (a - b)^2 over their columns (direct path).
 template <typename acc_t>
 __device__ __forceinline__ double direct_distance(const DistanceArgs<acc_t>& a, long long r,
                                                   long long c, double d2) {
-  if (a.metric == kMetricL2) return sqrt(d2);
+  if (a.metric == kMetricL2) return accuracy::l2_from_d2(d2);
   if (a.zero[r] || a.zero[c]) return 1.0;
-  const double h = 0.5 * d2;
-  return h > 2.0 ? 2.0 : h;
+  return accuracy::cos_from_d2(d2);  // unit rows
 }
 
 template <typename acc_t>
@@ -471,170 +462,6 @@ __global__ void __launch_bounds__(kFinalThreads) finalize_kernel(DistanceArgs<ac
   acc_t* out = static_cast<acc_t*>(L.out);
   out[r - L.row_off] = static_cast<acc_t>(a.bad[l] ? quiet_nan() : a.sums[r]);
 }
-
-#ifdef FPGM_KERNELS_HOST
-
-// The work tables and the workspace layout of one call, built on the host.
-//
-// One workspace (a single device allocation) holds, in order:
-//   [ layers | items | pairs | bad | nonzero ]  the table: a host image, one transfer
-//   [ sq | inv_norm | sums | mean | partial ]   float64
-//   [ zero ]                                     int
-//   [ rows ]                                     prepared rows, acc_t, 256-byte aligned
-struct DistancePlan {
-  std::vector<LayerDesc> layers;  // x and out are left null: the caller sets them
-  std::vector<TileItem> items;
-  std::vector<SplitPair> pairs;
-  long long rows = 0, cols = 0, elems = 0, col_blocks = 0, parts = 0;
-  size_t off_layers = 0, off_items = 0, off_pairs = 0, off_bad = 0, off_nonzero = 0;
-  size_t table_bytes = 0;
-  size_t off_sq = 0, off_inv = 0, off_sums = 0, off_mean = 0, off_partial = 0, off_zero = 0;
-  size_t off_rows = 0, total_bytes = 0;
-
-  // The host image of the table part [0, table_bytes) of the workspace.
-  void write_table(unsigned char* dst) const {
-    std::memset(dst, 0, table_bytes);
-    std::memcpy(dst + off_layers, layers.data(), layers.size() * sizeof(LayerDesc));
-    std::memcpy(dst + off_items, items.data(), items.size() * sizeof(TileItem));
-    if (!pairs.empty()) std::memcpy(dst + off_pairs, pairs.data(), pairs.size() * sizeof(SplitPair));
-  }
-
-  template <typename acc_t>
-  DistanceArgs<acc_t> args(void* workspace, int metric) const {
-    unsigned char* base = static_cast<unsigned char*>(workspace);
-    DistanceArgs<acc_t> a;
-    a.layers = reinterpret_cast<const LayerDesc*>(base + off_layers);
-    a.items = reinterpret_cast<const TileItem*>(base + off_items);
-    a.pairs = reinterpret_cast<const SplitPair*>(base + off_pairs);
-    a.num_layers = static_cast<int>(layers.size());
-    a.metric = metric;
-    a.rows = reinterpret_cast<acc_t*>(base + off_rows);
-    a.sq = reinterpret_cast<double*>(base + off_sq);
-    a.inv_norm = reinterpret_cast<double*>(base + off_inv);
-    a.mean = reinterpret_cast<double*>(base + off_mean);
-    a.sums = reinterpret_cast<double*>(base + off_sums);
-    a.zero = reinterpret_cast<int*>(base + off_zero);
-    a.bad = reinterpret_cast<int*>(base + off_bad);
-    a.nonzero = reinterpret_cast<int*>(base + off_nonzero);
-    a.partial = reinterpret_cast<double*>(base + off_partial);
-    return a;
-  }
-};
-
-inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
-
-constexpr int kMaxSplit = 8;        // parts per tile pair, at most
-constexpr int kMinSplitSteps = 8;   // steps of kTileK columns per part, at least
-
-// Plans layers of n[k] rows of d[k] elements (n, d >= 1) for an accumulation type of
-// acc_size bytes and a metric (kMetric*). The work is every layer's upper-triangle tile pairs. When there are
-// fewer pairs than target_blocks (the caller's measure of a full GPU; 0: never), the
-// columns of each pair are split over up to kMaxSplit items (split-K) so that a single
-// layer with few filters but long rows still fills the machine. Items are sorted by
-// cost, largest first (better load balance).
-inline DistancePlan plan_distance(const long long* n, const long long* d, int num_layers,
-                                  size_t acc_size, int metric, long long target_blocks = 0) {
-  DistancePlan p;
-  long long pairs = 0;
-  for (int l = 0; l < num_layers; ++l) {
-    LayerDesc L{};
-    L.n = n[l];
-    L.d = d[l];
-    L.ld = (d[l] + kTileK - 1) / kTileK * kTileK;
-    L.row_off = p.rows;
-    L.col_off = p.cols;
-    L.elem_off = p.elems;
-    L.col_block_off = p.col_blocks;
-    L.direct = metric != kMetricL1 && L.d <= kDirectMaxD ? 1 : 0;
-    p.rows += L.n;
-    p.cols += L.d;
-    p.elems += L.n * L.ld;
-    p.col_blocks += (L.d + kColsPerBlock - 1) / kColsPerBlock;
-    p.layers.push_back(L);
-    const long long tiles = (L.n + kTile - 1) / kTile;
-    pairs += tiles * (tiles + 1) / 2;
-  }
-  long long split = 1;
-  if (target_blocks > pairs)
-    split = std::min<long long>(kMaxSplit, (target_blocks + pairs - 1) / pairs);
-  for (int l = 0; l < num_layers; ++l) {
-    const LayerDesc& L = p.layers[l];
-    const int tiles = static_cast<int>((L.n + kTile - 1) / kTile);
-    const int steps = static_cast<int>(L.ld / kTileK);
-    const int parts = static_cast<int>(std::max<long long>(1, std::min<long long>(split, steps / kMinSplitSteps)));
-    for (int ti = 0; ti < tiles; ++ti)
-      for (int tj = ti; tj < tiles; ++tj) {
-        if (parts == 1) {
-          p.items.push_back({l, ti, tj, 0, steps, -1});
-          continue;
-        }
-        const int first = static_cast<int>(p.parts);
-        p.pairs.push_back({l, ti, tj, first, parts});
-        for (int q = 0; q < parts; ++q)
-          p.items.push_back({l, ti, tj, static_cast<int>(static_cast<long long>(steps) * q / parts),
-                             static_cast<int>(static_cast<long long>(steps) * (q + 1) / parts),
-                             first + q});
-        p.parts += parts;
-      }
-  }
-  auto cost = [&p](const TileItem& t) {
-    const LayerDesc& L = p.layers[t.layer];
-    const long long ni = std::min<long long>(kTile, L.n - static_cast<long long>(t.ti) * kTile);
-    const long long nj = std::min<long long>(kTile, L.n - static_cast<long long>(t.tj) * kTile);
-    return ni * nj * (t.k1 - t.k0);
-  };
-  std::stable_sort(p.items.begin(), p.items.end(),
-                   [&](const TileItem& x, const TileItem& y) { return cost(x) > cost(y); });
-  const size_t L = p.layers.size(), R = static_cast<size_t>(p.rows);
-  size_t o = 0;
-  p.off_layers = o;  o = align_up(o + L * sizeof(LayerDesc), 16);
-  p.off_items = o;   o = align_up(o + p.items.size() * sizeof(TileItem), 16);
-  p.off_pairs = o;   o = align_up(o + p.pairs.size() * sizeof(SplitPair), 16);
-  p.off_bad = o;     o = align_up(o + L * sizeof(int), 16);
-  p.off_nonzero = o; o = align_up(o + L * sizeof(int), 16);
-  p.table_bytes = o;
-  p.off_sq = o;      o = align_up(o + R * sizeof(double), 16);
-  p.off_inv = o;     o = align_up(o + R * sizeof(double), 16);
-  p.off_sums = o;    o = align_up(o + R * sizeof(double), 16);
-  p.off_mean = o;    o = align_up(o + static_cast<size_t>(p.cols) * sizeof(double), 16);
-  p.off_partial = o; o = align_up(o + static_cast<size_t>(p.parts) * kTile * kTile * sizeof(double), 16);
-  p.off_zero = o;    o = align_up(o + R * sizeof(int), 256);
-  p.off_rows = o;    o = align_up(o + static_cast<size_t>(p.elems) * acc_size, 256);
-  p.total_bytes = o;
-  return p;
-}
-
-template <typename acc_t, bool kL1, bool kMatrix, typename Launch>
-void launch_tiles(const DistancePlan& p, const DistanceArgs<acc_t>& a, Launch&& launch) {
-  launch(&tile_kernel<acc_t, kL1, kMatrix>, static_cast<long long>(p.items.size()), kTileThreads, a);
-  if (!p.pairs.empty())
-    launch(&split_finish_kernel<acc_t, kL1, kMatrix>, static_cast<long long>(p.pairs.size()),
-           kTileThreads, a);
-}
-
-// The launches of one call, the same for one layer or many. `launch(kernel, blocks,
-// threads, args...)` launches on the caller's stream (or the emulation); it is never
-// called with blocks == 0. matrix: the outputs are [n, n] matrices, not scores.
-template <typename scalar_t, typename acc_t, typename Launch>
-void launch_distance(const DistancePlan& p, const DistanceArgs<acc_t>& a, bool matrix,
-                     Launch&& launch) {
-  launch(&row_stats_kernel<scalar_t, acc_t>, p.rows, kRowThreads, a);
-  if (a.metric != kMetricL1)
-    launch(&column_mean_kernel<scalar_t, acc_t>, p.col_blocks, kColThreads, a);
-  launch(&prepare_rows_kernel<scalar_t, acc_t>, p.rows, kRowThreads, a);
-  const bool l1 = a.metric == kMetricL1;
-  if (matrix) {
-    if (l1) launch_tiles<acc_t, true, true>(p, a, launch);
-    else launch_tiles<acc_t, false, true>(p, a, launch);
-    return;
-  }
-  if (l1) launch_tiles<acc_t, true, false>(p, a, launch);
-  else launch_tiles<acc_t, false, false>(p, a, launch);
-  launch(&finalize_kernel<acc_t>, (p.rows + kFinalThreads - 1) / kFinalThreads, kFinalThreads,
-         a, p.rows);
-}
-
-#endif  // FPGM_KERNELS_HOST
 
 }  // namespace kernels
 }  // namespace fpgm
