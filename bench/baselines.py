@@ -1,5 +1,5 @@
 """What FPGM scores cost without fpgm_ext: the ways the official code and its peers compute
-them (DESIGN.md section 1), each written as they write it, plus the matrix-product floor.
+them (docs/design.md, "The algorithm"), each written as they write it, plus the matrix-product floor.
 
 Every function takes the flattened filters F [N, D] (a float32 CPU tensor) and returns the
 N scores ``g_i = sum_j d(F_i, F_j)``; the numpy ones return numpy arrays.

@@ -4,15 +4,19 @@ BLAS Gram products, loops compiled per instruction set), and both against torch.
 shapes the issue's report does not cover: few dimensions (depthwise 3 x 3), the distance
 matrix, float64 (the pruner's scores).
 
-    python -m bench.cpu_paths
+    python -m bench.cpu_paths            # print the table
+    python -m bench.cpu_paths --write    # ...and replace the cpu-paths section of bench/RESULTS.md
 
-Timing as bench/report.py (`interleaved`: the methods of a case in turn, medians), so every
-figure is a ratio measured in one run. Needs a CPU with AVX-512 for the two paths to differ.
+Timing: bench/harness.py's `interleaved` (the methods of a case in turn, medians), as in
+bench/report.py, so every figure is a ratio measured in one run. Needs a CPU with AVX-512
+for the two paths to differ.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import List, Optional, Sequence
 
 if __package__ in (None, ""):  # python bench/cpu_paths.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -21,8 +25,13 @@ import torch
 
 import fpgm_ext
 from bench import baselines, shapes
-from bench.report import interleaved, ms
+from bench.harness import (RESULTS, generated_note, interleaved, machine_lines, ms, now_utc, ratio,
+                           section_markers, write_results)
 from fpgm_ext.testing import avx512_kernels
+
+BEGIN, END = section_markers("cpu-paths")
+HEAD = ["| case | AVX-512 kernels | portable path | cdist | portable / AVX-512 | cdist / AVX-512 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |"]
 
 
 def on_path(avx512: bool, fn):
@@ -54,19 +63,49 @@ def cases():
            lambda: baselines.cdist_per_layer(ws))
 
 
-def main() -> int:
+def section(date: str, table: List[str], rounds: int, block_s: float) -> str:
+    return "\n".join([
+        BEGIN,
+        "## CPU kernels: the AVX-512 and the portable paths",
+        "",
+        generated_note("python -m bench.cpu_paths --write", date),
+        "",
+        *machine_lines(),
+        "",
+        "One process: each case's AVX-512 kernels, its portable path (FPGM_EXT_CPU_AVX512=0, "
+        "what CPUs without AVX-512 run) and torch.cdist interleaved round by round "
+        f"({rounds} rounds of blocks of about {block_s * 1e3:.0f} ms, bench/harness.py), "
+        "each time the median; ratios are times over the AVX-512 kernels' time.",
+        "",
+        *table,
+        END,
+    ])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="fpgm_ext CPU kernels: the AVX-512 kernels, the "
+                                 "portable paths and torch.cdist, timed in one process.")
+    ap.add_argument("--write", action="store_true", help=f"update the cpu-paths section of {RESULTS}")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
+    ap.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    args = ap.parse_args(argv)
     backend = fpgm_ext.backend_info()["backend"]
     if backend != "compiled":
         print(f"backend {backend!r}: the compiled kernels are not loaded, nothing to compare")
         return 1
+    date = now_utc()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| case | AVX-512 kernels | portable path | cdist | portable / AVX-512 | cdist / AVX-512 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    table = list(HEAD)
+    print("\n".join(HEAD))
     for name, ours, base in cases():
         t = interleaved({"avx512": on_path(True, ours), "portable": on_path(False, ours),
-                         "cdist": base}, rounds=5, block_s=0.05)
+                         "cdist": base}, rounds=args.rounds, block_s=args.block)
         a, p, c = t["avx512"].seconds, t["portable"].seconds, t["cdist"].seconds
-        print(f"| {name} | {ms(a)} | {ms(p)} | {ms(c)} | {p / a:.2f}x | {c / a:.2f}x |", flush=True)
+        table.append(f"| {name} | {ms(a)} | {ms(p)} | {ms(c)} | {ratio(p, a)} | {ratio(c, a)} |")
+        print(table[-1], flush=True)
+    if args.write:
+        write_results(section(date, table, args.rounds, args.block), BEGIN, END)
+        print(f"updated the cpu-paths section of {RESULTS}")
     return 0
 
 

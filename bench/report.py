@@ -4,23 +4,23 @@ ratios against the baselines in the same process on the same inputs, plus a time
     python -m bench.report            # print the table, write bench/scaling.png
     python -m bench.report --write    # ...and replace the cpu-bench section of bench/RESULTS.md
 
-Timing: torch.utils.benchmark.Timer at torch's thread count, the methods of one case
-interleaved round by round (so a slow spell of the machine hits all of them), median per
-method. Slow baselines (a call of 0.25 s or more) run a few calls only (``--slow-runs``,
-``--target-runs`` for those that decide a target, ``--loop-runs`` for the per-filter loops).
+This module holds the report's cases, targets, table and section text. The timing
+(bench/harness.py ``interleaved``: torch.utils.benchmark.Timer at torch's thread count, the
+methods of one case interleaved round by round, median per method), the machine lines and
+the RESULTS.md writer are the harness's; the plot is bench/scaling.py's. Slow baselines
+(a call of 0.25 s or more) run a few calls only (``--slow-runs``, ``--target-runs`` for
+those that decide a target, ``--loop-runs`` for the per-filter loops).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,18 +30,18 @@ if __package__ in (None, ""):  # python bench/report.py
 # method is timed next; the numpy and scipy baselines here are single-threaded loops.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.benchmark import Timer  # noqa: E402
 
 import fpgm_ext  # noqa: E402
 from bench import baselines as B  # noqa: E402
 from bench import shapes as S  # noqa: E402
+from bench.harness import (RESULTS, Timing, cpu_model, generated_note, interleaved,  # noqa: E402
+                           machine_lines, ms, now_utc, ratio, runs_note, section_markers,
+                           write_results)
+from bench.scaling import PLOT, plot_scaling  # noqa: E402
 
-BEGIN, END = "<!-- cpu-bench:begin -->", "<!-- cpu-bench:end -->"
-RESULTS = HERE / "RESULTS.md"
-PLOT = HERE / "scaling.png"
+BEGIN, END = section_markers("cpu-bench")
+THREADS_NOTE = "scipy and the numpy loop use one"
 
 # (metric, N, D) -> the issue's minimum speed-up over the torch baseline of that metric
 SCORE_TARGETS = {("l2", 512, 4608): 2.0, ("l2", 2048, 512): 1.7,
@@ -61,57 +61,6 @@ BASELINE_NAMES = {
 }
 
 
-# ----------------------------------------------------------------------------- timing
-@dataclass
-class Timing:
-    seconds: float  # median time of one call
-    best: float     # fastest block, per call
-    runs: int       # timed blocks
-    number: int     # calls per block
-
-
-def interleaved(methods: Dict[str, Callable[[], object]], rounds: int, block_s: float,
-                slow_s: float = 0.25, slow_runs: int = 2,
-                runs: Optional[Dict[str, int]] = None) -> Dict[str, Timing]:
-    """Median seconds per call of each method, the methods timed in turn, round by round
-    (the order rotating each round).
-
-    A fast method runs blocks of calls of about ``block_s`` seconds through
-    ``torch.utils.benchmark.Timer.timeit`` (which warms up before each block). A method
-    whose first call takes ``slow_s`` or more is slow: Timer's warm-up would triple its
-    cost, so its calls are timed one by one with ``time.perf_counter`` (the same threads),
-    the first call counts, and it runs ``slow_runs`` calls in all, or ``runs[name]`` (more
-    for a baseline that decides a target, fewer for the slowest)."""
-    runs = runs or {}
-    threads = torch.get_num_threads()
-    samples: Dict[str, List[float]] = {}
-    number: Dict[str, int] = {}
-    cap: Dict[str, int] = {}
-    timers: Dict[str, Optional[Timer]] = {}
-
-    def call_once(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    for k, fn in methods.items():
-        first = call_once(fn)  # warm-up, and tells slow from fast
-        if first >= slow_s:
-            timers[k] = None
-            samples[k], number[k], cap[k] = [first], 1, runs.get(k, slow_runs)
-        else:
-            timers[k] = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads, description=k)
-            once = timers[k].timeit(1).mean
-            samples[k], number[k], cap[k] = [], max(1, int(block_s / max(once, 1e-7))), rounds
-    names = list(methods)
-    for r in range(max(cap.values())):
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            if len(samples[k]) < cap[k]:
-                t = timers[k]
-                samples[k].append(call_once(methods[k]) if t is None else t.timeit(number[k]).mean)
-    return {k: Timing(float(np.median(v)), min(v), len(v), number[k]) for k, v in samples.items()}
-
-
 # ----------------------------------------------------------------------------- table
 @dataclass
 class Row:
@@ -124,23 +73,14 @@ class Row:
     result: str
 
 
-def ms(s: float) -> str:
-    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
-
-
-def runs_note(t: Timing) -> str:
-    return f" ({t.runs} run{'s' if t.runs > 1 else ''})" if t.number == 1 else ""
-
-
 def speedup_row(case: str, ours: Timing, name: str, base: Timing,
                 target: Optional[float], note: str = "") -> Row:
-    ratio = base.seconds / ours.seconds
     if target is None:
         result = "info"
     else:
-        result = "PASS" if ratio >= target else "FAIL"
+        result = "PASS" if base.seconds / ours.seconds >= target else "FAIL"
     return Row(case, ms(ours.seconds), BASELINE_NAMES.get(name, name) + note,
-               ms(base.seconds) + runs_note(base), f"{ratio:.2f}x",
+               ms(base.seconds) + runs_note(base), ratio(base.seconds, ours.seconds),
                f">= {target:g}x" if target is not None else "", result)
 
 
@@ -181,7 +121,7 @@ def score_cases(rows: List[Row], args) -> None:
         floor = n * n * d / rate  # N^2 D FLOP: the symmetric half of the Gram product
         rows.append(Row(case, ms(t["ours"].seconds),
                         f"work floor: N^2 D FLOP at the F @ F.T rate ({rate / 1e9:.0f} GFLOP/s)",
-                        ms(floor), f"ours = {t['ours'].seconds / floor:.2f}x floor", "", "info"))
+                        ms(floor), f"ours = {ratio(t['ours'].seconds, floor)} floor", "", "info"))
         # l1 and cos
         for metric in ("l1", "cos"):
             t = interleaved({
@@ -243,105 +183,15 @@ def memory_case(rows: List[Row]) -> None:
                     f"< {MEMORY_LIMIT_MB} MB", "PASS" if ok else "FAIL"))
 
 
-def scaling(args) -> Dict[str, Dict[int, float]]:
-    """Seconds per call of each l2 method against N at D = SCALING_D (the best of the
-    runs: the plot shows how time grows with N, which a busy spell would hide)."""
-    d = S.SCALING_D
-    series: Dict[str, Dict[int, float]] = {}
-    for n in S.SCALING_N:
-        f = filters(n, d)
-        fn = f.numpy()
-        methods = {
-            "fpgm_ext.distance_scores": lambda: fpgm_ext.distance_scores(f),
-            "torch.cdist(F, F).sum(1)": lambda: B.torch_cdist(f),
-            "F @ F.T": lambda: B.gram(f),
-        }
-        if n <= args.scipy_max_n:
-            methods["scipy cdist float64 (official)"] = lambda: B.scipy_official(f)
-        if n <= args.loop_max_n:
-            methods["per-filter loop, torch (NNI)"] = lambda: B.nni_loop(f)
-            methods["per-filter loop, numpy (PaddleSlim)"] = lambda: B.paddleslim_loop(fn)
-        t = interleaved(methods, max(3, args.rounds // 2), args.block / 2, slow_runs=1)
-        for k, v in t.items():
-            series.setdefault(k, {})[n] = v.best
-        series.setdefault("work floor (F @ F.T / 2)", {})[n] = t["F @ F.T"].best / 2
-    return series
-
-
-def plot(series: Dict[str, Dict[int, float]], machine: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for name, pts in series.items():
-        ns = sorted(pts)
-        style = dict(linestyle="--", color="gray") if name.startswith("work floor") else {}
-        if name.startswith("fpgm_ext"):
-            style = dict(linewidth=2.5, color="black")
-        ax.plot(ns, [pts[n] * 1e3 for n in ns], marker="o", markersize=4, label=name, **style)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("N (filters)")
-    ax.set_ylabel("time per call, best of runs (ms)")
-    ax.set_title(f"FPGM l2 scores, D = {S.SCALING_D}, float32\n{machine}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return ", ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
-                                     if x in flags)
-    except OSError:
-        pass
-    return ""
-
-
-def machine_lines() -> List[str]:
-    info = fpgm_ext.backend_info()
-    build = info.get("build", {})
-    return [
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs; {cpu_flags() or 'flags unknown'})",
-        f"- threads: torch.get_num_threads() = {torch.get_num_threads()} (scipy and the numpy loop use one)",
-        f"- torch {torch.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"Python {platform.python_version()}",
-        f"- fpgm_ext {fpgm_ext.__version__}, backend: {info['backend']}"
-        + (f" (compiler {build.get('compiler')}, OpenMP {build.get('openmp')}, {build.get('build_system')})"
-           if build else ""),
-    ]
-
-
 # ----------------------------------------------------------------------------- output
 def section(date: str, table: str, timings: Dict[str, float], args) -> str:
     parts = [
         BEGIN,
         "## CPU benchmarks",
         "",
-        f"Generated by `python -m bench.report --write` on {date}; rerun it to update this "
-        "section, do not edit it by hand.",
+        generated_note("python -m bench.report --write", date),
         "",
-        *machine_lines(),
+        *machine_lines(THREADS_NOTE),
         "",
         "Float32, the same inputs for every method of a case, timed with "
         "`torch.utils.benchmark.Timer` at torch's thread count (a call of 0.25 s or more: "
@@ -352,11 +202,11 @@ def section(date: str, table: str, timings: Dict[str, float], args) -> str:
         f"{args.loop_runs} for the per-filter loops, 1 for scipy over ResNet-50, {args.slow_runs} "
         "otherwise. "
         "Ratios are baseline time / our time, measured in one run; wall-clock times on a shared "
-        "machine move between runs, the ratios much less, except where torch.cdist changes "
-        "mode: at N=512, D=4608 it takes 1.33x to 2.3x the time of F @ F.T between processes "
-        "on an Intel Xeon with AVX-512, and took 1.14x in some processes on an AMD Zen 4 "
-        "(bench/NOTES.md sections 10, 15 and 16); ours takes 1.2x to 1.3x the work floor "
-        "with the AVX-512 kernels. The work floor of l2 is N^2 D FLOP "
+        "machine move between runs, the ratios much less, except against torch.cdist's l2 "
+        "mode, whose time relative to F @ F.T on the same shape varies between processes: "
+        "an l2 ratio against cdist can move from one run to the next, while the work-floor "
+        "row (ours against F @ F.T, timed in the same rounds) is the steadier measure of ours. "
+        "The work floor of l2 is N^2 D FLOP "
         "(the symmetric half of the Gram product) at the rate F @ F.T reaches on the same "
         "shape. Memory: a fresh child process's resident high-water mark (VmHWM) over its "
         "resident set before the call (tests/test_memory.py).",
@@ -374,18 +224,6 @@ def section(date: str, table: str, timings: Dict[str, float], args) -> str:
     return "\n".join(parts)
 
 
-def write_results(text: str, path: Path = RESULTS, begin: str = BEGIN, end: str = END) -> None:
-    """Replaces the text between the ``begin`` and ``end`` markers of ``path`` (the markers
-    included; ``text`` brings its own), leaving every other section alone; appends the
-    section when the markers are absent."""
-    old = path.read_text() if path.exists() else "# fpgm_ext benchmark results\n"
-    if begin in old and end in old and old.index(begin) < old.index(end):
-        new = old[: old.index(begin)] + text + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="fpgm_ext CPU benchmarks: ratios against the "
                                 "baselines, a table of targets and a time-vs-N plot.")
@@ -401,9 +239,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--plot", type=Path, default=PLOT, help=f"where the PNG goes (default {PLOT})")
     args = p.parse_args(argv)
 
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = now_utc()
     machine = f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    print(f"fpgm_ext CPU benchmarks, {date}\n" + "\n".join(machine_lines()) + "\n", flush=True)
+    print(f"fpgm_ext CPU benchmarks, {date}\n" + "\n".join(machine_lines(THREADS_NOTE)) + "\n",
+          flush=True)
     rows: List[Row] = []
     timings: Dict[str, float] = {}
     for name, run in (("scores", lambda: score_cases(rows, args)),
@@ -415,13 +254,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings[name] = time.perf_counter() - start
         print(f"[{name}: {timings[name]:.0f} s]", flush=True)
     start = time.perf_counter()
-    try:
-        import matplotlib  # noqa: F401  (the plot only: the table does not need it)
-    except ImportError:
+    if not plot_scaling(args.plot, machine, args.rounds, args.block, args.scipy_max_n, args.loop_max_n):
         print("[scaling plot: skipped, matplotlib is not installed (pip install matplotlib, "
               "or the package's [bench] extra)]\n", flush=True)
     else:
-        plot(scaling(args), machine, args.plot)
         timings["scaling plot"] = time.perf_counter() - start
         print(f"[scaling plot: {timings['scaling plot']:.0f} s] wrote {args.plot}\n", flush=True)
 
@@ -431,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n{sum(r.result == 'PASS' for r in rows)} targets met, {len(failed)} missed; "
           f"run time {sum(timings.values()):.0f} s")
     if args.write:
-        write_results(section(date, table, timings, args))
+        write_results(section(date, table, timings, args), BEGIN, END)
         print(f"updated the cpu-bench section of {RESULTS}")
     return 0
 

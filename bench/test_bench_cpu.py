@@ -1,5 +1,5 @@
 """pytest-benchmark suites on the CPU: fpgm_ext against the ways FPGM scores are computed
-elsewhere (DESIGN.md section 4), in groups that share one input.
+elsewhere (docs/design.md, "The algorithm": peers), in groups that share one input.
 
     pytest bench/ --benchmark-only                   # everything (a few minutes on 2 cores)
     pytest bench/ --benchmark-only -k "scores and l2"
@@ -118,15 +118,17 @@ def test_gather_resnet50_plan(benchmark, impl):
 
 
 def test_report_replaces_only_its_section(tmp_path):
-    """bench/report.py --write rewrites the text between its markers and nothing else."""
-    from bench.report import BEGIN, END, write_results
+    """bench/report.py --write rewrites the text between its markers and nothing else
+    (through bench/harness.py's writer, which every script's --write uses)."""
+    from bench.harness import write_results
+    from bench.report import BEGIN, END
 
     path = tmp_path / "RESULTS.md"
-    write_results(f"{BEGIN}\nfirst\n{END}", path)  # no file yet: created with the section
+    write_results(f"{BEGIN}\nfirst\n{END}", BEGIN, END, path)  # no file yet: created with the section
     text = path.read_text()
     assert text.startswith("# ") and "first" in text
     path.write_text(text + "\n## Pruning report\n\nkept by another script\n")
-    write_results(f"{BEGIN}\nsecond\n{END}", path)
+    write_results(f"{BEGIN}\nsecond\n{END}", BEGIN, END, path)
     text = path.read_text()
     assert "second" in text and "first" not in text
     assert "kept by another script" in text and text.count(BEGIN) == 1 == text.count(END)
