@@ -1,8 +1,9 @@
 """Fake (meta) kernels of the fpgm operators: output shapes and dtypes only, so the ops
-trace under torch.compile and torch.export whichever backend serves them."""
+trace under torch.compile and torch.export whichever backend serves them. They run the
+same argument checks as every backend (fpgm_ext._checks)."""
 import torch
 
-from .reference import check_gather_args, check_metric, check_weight, result_dtype
+from ._checks import check_gather_args, check_metric, check_weight, check_weights, matrix_shape, result_dtype
 
 
 @torch.library.register_fake("fpgm::distance_scores")
@@ -16,15 +17,13 @@ def _distance_scores(weight, metric="l2"):
 def _distance_matrix(weight, metric="l2"):
     check_metric("distance_matrix", metric)
     check_weight("distance_matrix", "weight", weight)
-    shape = (weight.shape[0], weight.shape[1], weight.shape[1]) if weight.dim() == 3 else (weight.shape[0],) * 2
-    return weight.new_empty(shape, dtype=result_dtype(weight.dtype))
+    return weight.new_empty(matrix_shape(weight), dtype=result_dtype(weight.dtype))
 
 
 @torch.library.register_fake("fpgm::distance_scores_multi")
 def _distance_scores_multi(weights, metric="l2"):
     check_metric("distance_scores_multi", metric)
-    for k, w in enumerate(weights):
-        check_weight("distance_scores_multi", f"weights[{k}]", w)
+    check_weights("distance_scores_multi", weights)
     return [w.new_empty((w.shape[0],), dtype=result_dtype(w.dtype)) for w in weights]
 
 

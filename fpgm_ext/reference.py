@@ -5,13 +5,16 @@ compiled library when it cannot be loaded, or when FPGM_EXT_BACKEND=reference), 
 CUDA tensors when the compiled library was built without CUDA. The tests' oracle is
 separate (scipy, float64): this module is a backend like the others.
 
-The checks and their messages match csrc/checks.h, so every backend fails alike.
+The argument checks are fpgm_ext._checks, shared with the compiled library's messages
+(csrc/checks.h), so every backend fails alike.
 """
 from __future__ import annotations
 
 from typing import List, Sequence
 
 import torch
+
+from ._checks import check_gather_args, check_metric, check_weight, check_weights, is_batch, result_dtype
 
 # Same text as csrc/ops.cpp; tests/test_backend.py asserts the two agree.
 SCHEMAS = {
@@ -21,36 +24,15 @@ SCHEMAS = {
     "gather_channels": "gather_channels(Tensor[] tensors, int[] dims, Tensor[] indices) -> Tensor[]",
 }
 
-METRICS = ("l2", "l1", "cos")
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def check_metric(op: str, metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"fpgm.{op}: unknown metric '{metric}' (expected 'l2', 'l1' or 'cos')")
-
-
-def check_weight(op: str, name: str, w: torch.Tensor) -> None:
-    if w.layout != torch.strided:
-        raise ValueError(f"fpgm.{op}: {name} must be a dense (strided) tensor, got layout {w.layout}")
-    if w.dtype not in _FLOATS:
-        raise ValueError(f"fpgm.{op}: {name} must be float16, bfloat16, float32 or float64, got {w.dtype}")
-    if w.dim() < 1:
-        raise ValueError(f"fpgm.{op}: {name} must have rank >= 1 ([N, ...] filters), got shape {list(w.shape)}")
-    if w.numel() == 0:
-        raise ValueError(f"fpgm.{op}: {name} has no elements (N = 0 or D = 0), shape {list(w.shape)}")
-
-
-def result_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Scores and matrices come back float64 for float64 input, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _rows(op: str, name: str, w: torch.Tensor) -> torch.Tensor:
-    f = w.reshape(w.shape[0], -1).to(result_dtype(w.dtype))
+def _finite(op: str, name: str, f: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(f).all():
         raise ValueError(f"fpgm.{op}: {name} contains NaN or Inf; FPGM scores would be meaningless")
     return f
+
+
+def _rows(op: str, name: str, w: torch.Tensor) -> torch.Tensor:
+    """w [N, ...] as rows [N, D] of the result dtype, checked finite."""
+    return _finite(op, name, w.reshape(w.shape[0], -1).to(result_dtype(w.dtype)))
 
 
 def _matrix(f: torch.Tensor, metric: str) -> torch.Tensor:
@@ -86,14 +68,16 @@ def _matrix(f: torch.Tensor, metric: str) -> torch.Tensor:
     return d + d.transpose(-1, -2)
 
 
-_CLOSE_RATIO = 64.0  # as the CPU kernel: d^2 under 1/64 of |a|^2 + |b|^2 is recomputed
+# The close-pair ratio of csrc/accuracy.h (kCloseRatio; tests compare the two): a pair whose
+# d^2 is under 1 / CLOSE_RATIO of |a|^2 + |b|^2 is recomputed directly.
+CLOSE_RATIO = 64.0
 
 
 def _recompute_close_pairs(u: torch.Tensor, sq: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
     """Filters in tight clusters away from the centre: there |a|^2 + |b|^2 - 2ab has
     cancelled, so those pairs get sum_k (a_k - b_k)^2 directly, in float64 (in chunks, so
     that a layer of many close pairs does not hold them all at once)."""
-    close = d2 * _CLOSE_RATIO < sq.unsqueeze(-1) + sq.unsqueeze(-2)
+    close = d2 * CLOSE_RATIO < sq.unsqueeze(-1) + sq.unsqueeze(-2)
     if not bool(close.any()):
         return d2
     rows = u.to(torch.float64).reshape(-1, u.shape[-2], u.shape[-1])   # [B, N, D]
@@ -119,54 +103,16 @@ def distance_scores(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
 def distance_matrix(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
     check_metric("distance_matrix", metric)
     check_weight("distance_matrix", "weight", weight)
-    if weight.dim() == 3:  # [B, N, D]: a batch of layers
-        f = weight.to(result_dtype(weight.dtype))
-        if not torch.isfinite(f).all():
-            raise ValueError("fpgm.distance_matrix: weight contains NaN or Inf; FPGM scores would be meaningless")
-        return _matrix(f, metric)
+    if is_batch(weight):  # [B, N, D]: a batch of layers, taken as it is
+        return _matrix(_finite("distance_matrix", "weight", weight.to(result_dtype(weight.dtype))), metric)
     return _matrix(_rows("distance_matrix", "weight", weight), metric)
 
 
 def distance_scores_multi(weights: Sequence[torch.Tensor], metric: str = "l2") -> List[torch.Tensor]:
     check_metric("distance_scores_multi", metric)
-    for k, w in enumerate(weights):
-        check_weight("distance_scores_multi", f"weights[{k}]", w)
-        if w.dtype != weights[0].dtype:
-            raise ValueError(f"fpgm.distance_scores_multi: weights[{k}] has dtype {w.dtype} but weights[0] "
-                             f"has {weights[0].dtype}; all layers must share one dtype")
-        if w.device != weights[0].device:
-            raise ValueError(f"fpgm.distance_scores_multi: weights[{k}] is on {w.device} but weights[0] is on "
-                             f"{weights[0].device}")
+    check_weights("distance_scores_multi", weights)
     return [_sum_rows(_matrix(_rows("distance_scores_multi", f"weights[{k}]", w), metric))
             for k, w in enumerate(weights)]
-
-
-def check_gather_args(tensors, dims, indices) -> List[int]:
-    """Checks of csrc/gather_checks.h; returns the dims wrapped into [0, rank)."""
-    if not (len(tensors) == len(dims) == len(indices)):
-        raise ValueError("fpgm.gather_channels: tensors, dims and indices must have the same length, "
-                         f"got {len(tensors)}, {len(dims)} and {len(indices)}")
-    wrapped = []
-    for k, (t, dim, idx) in enumerate(zip(tensors, dims, indices)):
-        if t.layout != torch.strided:
-            raise ValueError(f"fpgm.gather_channels: tensors[{k}] must be a dense tensor")
-        if t.dim() < 1:
-            raise ValueError(f"fpgm.gather_channels: tensors[{k}] must have rank >= 1, got a scalar")
-        if not -t.dim() <= dim < t.dim():
-            raise ValueError(f"fpgm.gather_channels: dims[{k}] = {dim} is out of range for tensors[{k}] "
-                             f"of rank {t.dim()}")
-        if idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"fpgm.gather_channels: indices[{k}] must be an int64 or int32 tensor, got {idx.dtype}")
-        if idx.dim() != 1:
-            raise ValueError(f"fpgm.gather_channels: indices[{k}] must be 1-D, got shape {list(idx.shape)}")
-        if idx.device != t.device:
-            raise ValueError(f"fpgm.gather_channels: indices[{k}] is on {idx.device} but tensors[{k}] is on "
-                             f"{t.device}")
-        if t.device != tensors[0].device:
-            raise ValueError(f"fpgm.gather_channels: tensors[{k}] is on {t.device} but tensors[0] is on "
-                             f"{tensors[0].device}")
-        wrapped.append(dim % t.dim())
-    return wrapped
 
 
 def gather_channels(tensors: Sequence[torch.Tensor], dims: Sequence[int],

@@ -52,9 +52,9 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ._checks import check_prune_args
 from .pruning import analyse, apply_plan, make_plan, pruned_masks
 from .pruning.plan import Plan
-from .pruning.prune import _check_args
 
 __all__ = ["SoftFPGM"]
 
@@ -118,8 +118,8 @@ class SoftFPGM:
                              metric=metric, ignore=ignore, prune_residual=prune_residual,
                              min_channels=min_channels, round_to=round_to, trace=trace, ops=ops)
         try:   # the arguments, checked as prune checks them, before the trace
-            inputs, _ = _check_args(self.module, example_inputs, rate_dist, rate_norm, metric, ignore,
-                                    min_channels, round_to, trace)
+            inputs, _ = check_prune_args(self.module, example_inputs, rate_dist, rate_norm, metric, ignore,
+                                         min_channels, round_to, trace)
         except (ValueError, TypeError) as exc:
             raise type(exc)(str(exc).replace("fpgm_ext.prune:", "fpgm_ext.SoftFPGM:")) from None
         self._analysis = analyse(self.module, inputs, trace)    # traced once, kept

@@ -42,7 +42,7 @@ def test_select_ties_break_by_lower_index(monkeypatch):
     assert fpgm_ext.select(w, rate_dist=0.0, rate_norm=0.7).prune.tolist() == [0, 1, 2]
     # Equal scores: the distance stage too (scores forced equal, as kernels' rounding may
     # split a mathematical tie either way).
-    monkeypatch.setattr(fpgm_ext, "distance_scores", lambda rows, metric: torch.ones(rows.shape[0]))
+    monkeypatch.setattr(fpgm_ext.selection, "distance_scores", lambda rows, metric: torch.ones(rows.shape[0]))
     assert fpgm_ext.select(torch.randn(10, 4), rate_dist=0.3).prune.tolist() == [0, 1, 2]
     assert fpgm_ext.select(w, rate_dist=0.2, rate_norm=0.7).prune.tolist() == [0, 1, 2, 3, 4]
 

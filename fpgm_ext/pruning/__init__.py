@@ -5,13 +5,17 @@
     same = fpgm_ext.apply_plan(fresh_model, "plan.json")   # then load_state_dict(pruned.state_dict())
 
 graph.py  channel dependency groups from torch.fx / torch.export
-prune.py  prune(): scores (one distance_scores_multi call), two-stage selection, plan;
+prune.py  prune(): scores (one distance_scores_multi call), the two-stage selection of
+          fpgm_ext.selection per group (with PadShortcut constraints), plan;
           make_plan(): the plan alone, no surgery (SoftFPGM re-plans every epoch)
 plan.py   Plan (JSON) and apply_plan(): the surgery (one gather_channels call);
           pruned_masks() / zero_pruned(): the same channels zeroed in place instead
 flops.py  measured FLOPs and parameters (FlopCounterMode)
 report.py PruneReport
 layers.py PadShortcut, the CIFAR ResNets' parameter-free shortcut, prunable by mapping
+
+Argument checks are in fpgm_ext._checks, the operators in fpgm_ext.ops; this package
+imports only those leaf modules of fpgm_ext (and fpgm_ext.selection), never its __init__.
 """
 from .graph import Analysis, TraceFailure, analyse
 from .layers import PadShortcut

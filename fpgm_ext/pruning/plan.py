@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Union
 import torch
 from torch import nn
 
+from ..ops import gather_channels as _gather_channels
 from .layers import PadShortcut
 
 PLAN_FORMAT = "fpgm_ext.plan"
@@ -98,10 +99,7 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
     through its flattened ``[out * in, k]`` view with one combined index.
     """
     plan = _as_plan(plan)
-    if ops is None:
-        from .. import gather_channels
-    else:
-        gather_channels = ops.gather_channels
+    gather_channels = _gather_channels if ops is None else ops.gather_channels
     if not inplace:
         model = copy.deepcopy(model)
     modules = dict(model.named_modules())

@@ -1,7 +1,6 @@
 """``prune``: FPGM physical pruning of a whole model."""
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -9,6 +8,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .._checks import check_prune_args
+from ..ops import distance_scores_multi as _distance_scores_multi
+from ..selection import counts, norm_stage, prune_order, split
 from . import graph as _graph
 from .flops import measure as _measure
 from .layers import PadShortcut
@@ -21,47 +23,6 @@ class PruneResult(NamedTuple):
     report: PruneReport
 
 
-def _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore, min_channels, round_to, trace):
-    from ..reference import check_metric
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"fpgm_ext.prune: model must be a torch.nn.Module, got {type(model).__name__}")
-    for name, value in (("rate_dist", rate_dist), ("rate_norm", rate_norm)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"fpgm_ext.prune: {name} must be a number, got {value!r}")
-    if not 0.0 <= rate_dist < 1.0:
-        raise ValueError(f"fpgm_ext.prune: rate_dist must be in [0, 1), got {rate_dist}")
-    if not 0.0 < rate_norm <= 1.0:
-        raise ValueError(f"fpgm_ext.prune: rate_norm must be in (0, 1], got {rate_norm} "
-                         "(1 - rate_norm is the fraction pruned by norm; 1 means none)")
-    check_metric("prune", metric)
-    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"fpgm_ext.prune: {name} must be an integer >= 1, got {value!r}")
-    if trace not in ("auto", "fx", "export"):
-        raise ValueError(f"fpgm_ext.prune: trace must be 'auto', 'fx' or 'export', got {trace!r}")
-    if isinstance(ignore, str):
-        ignore = [ignore]
-    ignore = list(ignore)
-    names = dict(model.named_modules())
-    for n in ignore:
-        if not isinstance(n, str) or n not in names or n == "":
-            close = difflib.get_close_matches(str(n), [k for k in names if k], n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"fpgm_ext.prune: ignore names {n!r}, which is not a submodule of "
-                             f"{type(model).__name__}{hint}")
-    if example_inputs is not None:
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        elif not isinstance(example_inputs, (tuple, list)):
-            raise TypeError("fpgm_ext.prune: example_inputs must be a tensor or a tuple of positional "
-                            f"inputs, got {type(example_inputs).__name__}")
-        example_inputs = tuple(example_inputs)
-    elif trace == "export":
-        raise ValueError("fpgm_ext.prune: trace='export' needs example_inputs")
-    return example_inputs, ignore
-
-
 def _score_rows(use, units: int) -> torch.Tensor:
     """A producer's filters, one row per unit (a unit of several channels, for grouped
     convolutions, is the concatenation of its filters), in float64."""
@@ -71,8 +32,9 @@ def _score_rows(use, units: int) -> torch.Tensor:
 
 def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric, min_channels,
             round_to, distance_scores_multi) -> Dict[int, torch.Tensor]:
-    """Kept units per pruned group: the official two-stage selection (DESIGN.md section 1)
-    over units, with all groups' distance scores in one distance_scores_multi call.
+    """Kept units per pruned group: the official two-stage selection (fpgm_ext.selection;
+    docs/design.md, algorithm and official selection) over units, with all groups' distance
+    scores in one distance_scores_multi call.
 
     Each group gets an order of preference: the ``n_norm`` smallest-norm units (by norm),
     then the candidates by their summed distance score; the first ``N - keep`` units of
@@ -97,8 +59,7 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         for b in unit_sizes:
             step = round_to // math.gcd(round_to, b)
             multiple = multiple * step // math.gcd(multiple, step)
-        n_norm = int(units * (1 - rate_norm))
-        n_dist = int(units * rate_dist)
+        n_norm, n_dist = counts(units, rate_dist, rate_norm)
         keep = max(units - n_norm - n_dist, k_min, 1)
         keep = min(units, -(-keep // multiple) * multiple)
         if keep == units:
@@ -109,8 +70,7 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
                 raise ValueError(f"fpgm_ext.prune: the weight of {u.name} contains NaN or Inf; "
                                  "FPGM scores would be meaningless")
         norms = sum(r.norm(dim=1) for r in rows)
-        by_norm = torch.argsort(norms, stable=True)
-        candidates = by_norm[n_norm:].sort().values
+        by_norm, candidates = norm_stage(norms, n_norm)
         first = len(queue)
         if n_dist > 0:
             queue += [r[candidates] for r in rows]
@@ -142,12 +102,8 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         for gid in ready:
             g = analysis.groups[gid]
             keep, multiple, by_norm, n_norm, candidates, n_dist, first, count = pending.pop(gid)
-            if n_dist > 0:
-                total = sum(scores[first + k].to(torch.float64) for k in range(count))
-                order = torch.cat([by_norm[:n_norm], candidates[torch.argsort(total, stable=True)]])
-            else:
-                order = by_norm
-            order = order.cpu()
+            total = sum(scores[first + k].to(torch.float64) for k in range(count)) if n_dist > 0 else None
+            order = prune_order(by_norm, n_norm, candidates, total).cpu()
             allowed = torch.ones(g.units, dtype=torch.bool)
             for s_in, s_out, src, dst in links:
                 if analysis.group_of[s_out] != gid:
@@ -166,10 +122,8 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             n_prune = g.units - keep
             if len(order) < n_prune:   # fewer units may go: keep a multiple of round_to
                 n_prune = g.units - min(g.units, -(-(g.units - len(order)) // multiple) * multiple)
-            mask = torch.ones(g.units, dtype=torch.bool)
-            mask[order[:n_prune]] = False
             if n_prune > 0:
-                kept[gid] = torch.arange(g.units)[mask]
+                kept[gid] = split(g.units, order[:n_prune]).keep
     return kept
 
 
@@ -247,10 +201,7 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
 def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
             round_to, ops) -> Plan:
     """The plan of ``model`` (already analysed): frozen groups, selection, plan."""
-    if ops is None:
-        from .. import distance_scores_multi
-    else:
-        distance_scores_multi = ops.distance_scores_multi
+    distance_scores_multi = _distance_scores_multi if ops is None else ops.distance_scores_multi
     frozen = {g.id: list(g.reasons) for g in analysis.groups}
     for g in analysis.groups:
         members = analysis.members(g)
@@ -280,8 +231,8 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
     same model is planned again and again (``SoftFPGM`` plans every epoch).
     ``zero_pruned(model, plan)`` gives the masked model, ``apply_plan(model, plan)`` the
     physically pruned one; the two compute the same outputs."""
-    example_inputs, ignore = _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
-                                         min_channels, round_to, trace)
+    example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
+                                              min_channels, round_to, trace)
     if analysis is None:
         analysis = _graph.analyse(model, example_inputs, trace)
     return _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
@@ -318,7 +269,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     members. A member is a conv or linear layer whose output channels the group holds;
     its "filter" for a unit is its filter rows for that unit (one row per channel; for a
     grouped conv, a unit is one conv group and its rows are concatenated). Selection is the
-    official two-stage one (DESIGN.md section 1, as ``fpgm_ext.select``), over the group's
+    official two-stage one (docs/design.md, algorithm and official selection; as
+    ``fpgm_ext.select``, the same code in ``fpgm_ext.selection``), over the group's
     N units with its floor counts: ``int(N * (1 - rate_norm))`` units of smallest norm (the
     sum over members of the L2 norm of their unit's rows), then ``int(N * rate_dist)`` of
     the remaining candidates with the smallest summed score, distances taken among the
@@ -356,8 +308,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         measure: measure FLOPs and parameters with FlopCounterMode (needs example_inputs).
     """
     t_start = time.perf_counter()
-    example_inputs, ignore = _check_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
-                                         min_channels, round_to, trace)
+    example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
+                                              min_channels, round_to, trace)
     timings = {}
     t = time.perf_counter()
     analysis = _graph.analyse(model, example_inputs, trace)
