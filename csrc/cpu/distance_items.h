@@ -122,9 +122,8 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
   }
   const int64_t threads = std::max(1, at::get_num_threads());
   // A rectangle is cut only when it holds more than a thread's share of the work: large
-  // BLAS calls are the efficient ones (a 512-filter layer as one 256 x 256 rectangle and
-  // smaller triangles: 0.557 of a full F F^T on one thread, against 0.601 in 64-row
-  // strips), and on two threads the rectangle and the rest balance.
+  // BLAS calls are the efficient ones (bench/NOTES.md, the BLAS Gram path), and on two
+  // threads the rectangle and the rest balance.
   const int64_t max_work = std::max<int64_t>(gram_work / threads, 1 << 22);
   for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
     const int64_t m = layers[l].m;
