@@ -51,7 +51,7 @@ def result_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def is_batch(weight: torch.Tensor) -> bool:
+def is_layer_batch(weight: torch.Tensor) -> bool:
     """distance_matrix's one shape rule: a rank-3 weight is a batch [B, N, D] of B layers of
     N filters (-> [B, N, N]); any other rank is one layer [N, ...] (-> [N, N])."""
     return weight.dim() == 3
@@ -59,7 +59,7 @@ def is_batch(weight: torch.Tensor) -> bool:
 
 def matrix_shape(weight: torch.Tensor) -> Tuple[int, ...]:
     """The shape of ``distance_matrix(weight)``."""
-    if is_batch(weight):
+    if is_layer_batch(weight):
         return (weight.shape[0], weight.shape[1], weight.shape[1])
     return (weight.shape[0],) * 2
 

@@ -14,7 +14,7 @@ from typing import List, Sequence
 
 import torch
 
-from ._checks import check_gather_args, check_metric, check_weight, check_weights, is_batch, result_dtype
+from ._checks import check_gather_args, check_metric, check_weight, check_weights, is_layer_batch, result_dtype
 
 # Same text as csrc/ops.cpp; tests/test_backend.py asserts the two agree.
 SCHEMAS = {
@@ -103,7 +103,7 @@ def distance_scores(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
 def distance_matrix(weight: torch.Tensor, metric: str = "l2") -> torch.Tensor:
     check_metric("distance_matrix", metric)
     check_weight("distance_matrix", "weight", weight)
-    if is_batch(weight):  # [B, N, D]: a batch of layers, taken as it is
+    if is_layer_batch(weight):  # [B, N, D]: a batch of layers, taken as it is
         return _matrix(_finite("distance_matrix", "weight", weight.to(result_dtype(weight.dtype))), metric)
     return _matrix(_rows("distance_matrix", "weight", weight), metric)
 
