@@ -2,6 +2,7 @@
 
     fpgm-ext demo [--quick]                  soft FPGM end to end on scikit-learn's digits
     fpgm-ext prune MODEL [--rate-dist 0.4]   prune a model, print the per-layer table, save it
+                                             (--plot channels.png: channels before/after per layer)
     fpgm-ext bench [ARGS...]                 the benchmark report of the source checkout's bench/
     fpgm-ext info                            backends, build configuration, devices
 
@@ -150,6 +151,17 @@ def cmd_prune(args) -> int:
 
     import fpgm_ext
 
+    if args.plot:   # before any work: a missing matplotlib or an unwritable path fails fast
+        from . import plot
+
+        try:
+            plot.require_matplotlib()
+        except plot.PlotUnavailable:
+            raise CliError(f"--plot needs matplotlib: {plot.INSTALL_HINT}") from None
+        try:
+            plot.check_plot_path(args.plot)
+        except ValueError as exc:
+            raise CliError(f"--plot: {exc}") from None
     model, shape, what = load_model(args.model, args.num_classes)
     shape = args.input_shape or shape
     if shape is None:
@@ -176,6 +188,10 @@ def cmd_prune(args) -> int:
     if args.plan:
         report.plan.save(args.plan)
         print(f"saved the plan to {args.plan} (fpgm_ext.apply_plan(fresh_model, path))")
+    if args.plot:
+        plot.plot_channels(report, args.plot, title=f"{what}: FPGM rate_dist {args.rate_dist:g}, "
+                           f"rate_norm {args.rate_norm:g}, metric {args.metric}")
+        print(f"saved the channel plot to {args.plot}")
     return 0
 
 
@@ -284,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the example input")
     r.add_argument("--out", metavar="PRUNED.pt", help="save the pruned model (the whole module)")
     r.add_argument("--plan", metavar="PLAN.json", help="save the pruning plan")
+    r.add_argument("--plot", metavar="PATH", help="save a bar chart of the output channels per layer, "
+                   "before and after (PNG, or .svg/.pdf; needs matplotlib: pip install 'fpgm_ext[bench]')")
     r.set_defaults(func=cmd_prune)
 
     b = sub.add_parser("bench", help="run the CPU benchmark report of bench/ (source checkout only)",

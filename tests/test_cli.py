@@ -138,3 +138,58 @@ def test_info(capsys):
 def test_no_command_prints_help(capsys):
     rc, out, _ = call(capsys)
     assert rc == 2 and "demo" in out and "prune" in out
+
+
+# ------------------------------------------------------------------- prune --plot
+def test_prune_plot_writes_a_png(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "channels.png"
+    rc, stdout, err = call(capsys, "prune", "cifar_resnet20", "--plot", str(png))
+    assert rc == 0, err
+    assert f"saved the channel plot to {png}" in stdout
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_prune_plot_without_matplotlib_fails_fast(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)    # import matplotlib -> ImportError
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("ran although --plot cannot be drawn")
+
+    monkeypatch.setattr(cli, "load_model", not_reached)
+    monkeypatch.setattr(fpgm_ext, "prune", not_reached)
+    out, png = tmp_path / "pruned.pt", tmp_path / "channels.png"
+    rc, stdout, err = call(capsys, "prune", "cifar_resnet20", "--out", str(out), "--plot", str(png))
+    assert_one_line_error(rc, err, "--plot needs matplotlib: pip install matplotlib")
+    assert rc == 1 and "fpgm_ext[bench]" in err and stdout == ""
+    assert not out.exists() and not png.exists()
+
+
+def test_prune_plot_bad_path_fails_fast(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(cli, "load_model", lambda *a: pytest.fail("loaded the model"))
+    rc, _, err = call(capsys, "prune", "cifar_resnet20", "--plot", str(tmp_path / "channels.nope"))
+    assert_one_line_error(rc, err, "matplotlib does not write .nope files")
+    rc, _, err = call(capsys, "prune", "cifar_resnet20", "--plot", str(tmp_path / "no" / "c.png"))
+    assert_one_line_error(rc, err, "no such folder")
+
+
+def test_plot_channels_one_pair_of_bars_per_layer(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fpgm_ext.plot import plot_channels
+
+    _, report = fpgm_ext.prune(fpgm_ext.models.cifar_resnet(20).eval(), torch.randn(1, 3, 32, 32),
+                               rate_dist=0.4)
+    layers = [s for s in report.layers if s.type in ("Conv2d", "Linear")]
+    assert len(layers) == 20 and len(report.layers) > len(layers)    # PadShortcuts left out
+    fig = plot_channels(report, tmp_path / "c.svg")
+    assert (tmp_path / "c.svg").read_text().lstrip().startswith("<?xml")
+    ax, = fig.axes
+    before, after = ax.containers
+    assert len(before) == len(after) == len(layers)
+    assert [b.get_height() for b in before] == [int(s.channels_before.split("->")[1]) for s in layers]
+    assert [b.get_height() for b in after] == [int(s.channels_after.split("->")[1]) for s in layers]
+    assert after[0].get_height() < before[0].get_height()            # conv1: 16 -> 10
+    assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["conv1", "layer1.0.conv1"]
+    assert "CifarResNet" in ax.get_title() and "params -" in ax.get_title() and "FLOPs -" in ax.get_title()
