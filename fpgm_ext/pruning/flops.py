@@ -2,16 +2,28 @@
 forward pass (eval mode, no grad), per module and in total, not a closed formula.
 
 FlopCounterMode counts the matrix work (convolutions, matrix products, attention) as
-2 FLOPs per multiply-add; BatchNorm, activations, pooling and additions count 0."""
+2 FLOPs per multiply-add; BatchNorm, activations, pooling and additions count 0.
+
+``prune`` avoids running the model only to measure it: the FLOPs before pruning are
+counted during the forward that the graph analysis runs anyway (``FlopRecorder``), and
+those after pruning are derived from them (``derive_pruned``) where every counted FLOP
+belongs to a conv or linear layer, whose count is proportional to its weight's size
+(the kernel, the batch and the spatial sizes do not change). Where that does not hold
+(functional convolutions, attention, the export tracer), the real passes run as before;
+either way the counts are FlopCounterMode's (tests/test_flops.py compares them).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import _ModeGuard
+
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # FLOPs proportional to weight.numel()
 
 
 @dataclass
@@ -22,9 +34,13 @@ class Measurement:
     layer_params: Dict[str, int]   # module name -> its own parameters
 
 
-def measure(model: nn.Module, example_inputs: Sequence) -> Measurement:
-    from torch.utils.flop_counter import FlopCounterMode
+def _params(model: nn.Module):
+    layer_params = {name: sum(p.numel() for p in m.parameters(recurse=False))
+                    for name, m in model.named_modules()}
+    return sum(p.numel() for p in model.parameters()), {k: v for k, v in layer_params.items() if v}
 
+
+def measure(model: nn.Module, example_inputs: Sequence) -> Measurement:
     inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
     counter = FlopCounterMode(display=False)
     with _ModeGuard(model), counter:
@@ -34,7 +50,70 @@ def measure(model: nn.Module, example_inputs: Sequence) -> Measurement:
     for key, counts in counter.get_flop_counts().items():
         if key.startswith(root):
             layer_flops[key[len(root):]] = int(sum(counts.values()))
-    layer_params = {name: sum(p.numel() for p in m.parameters(recurse=False))
-                    for name, m in model.named_modules()}
-    return Measurement(int(counter.get_total_flops()), sum(p.numel() for p in model.parameters()),
-                       layer_flops, {k: v for k, v in layer_params.items() if v})
+    params, layer_params = _params(model)
+    return Measurement(int(counter.get_total_flops()), params, layer_flops, layer_params)
+
+
+class FlopRecorder:
+    """FlopCounterMode over a run of the traced graph (``graph.analyse(..., flops=...)``),
+    with each call of a leaf module attributed to its name by the FLOPs counted during it
+    (FlopCounterMode's own attribution needs the model's module hierarchy, which an fx
+    interpreter does not enter)."""
+
+    def __init__(self):
+        self.counter = FlopCounterMode(display=False)
+        self.layer_flops: Dict[str, int] = {}
+        self.ran = False
+
+    def __enter__(self):
+        self.counter.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.counter.__exit__(*exc)
+        self.ran = exc[0] is None
+
+    def module_call(self, name: str, call: Callable):
+        start = self.counter.get_total_flops()
+        out = call()
+        flops = self.counter.get_total_flops() - start
+        if flops:
+            self.layer_flops[name] = self.layer_flops.get(name, 0) + int(flops)
+        return out
+
+    def measurement(self, model: nn.Module) -> Optional[Measurement]:
+        """The same Measurement as ``measure(model, inputs)`` gives for the conv and linear
+        layers and the total, or None where some FLOPs fall outside conv and linear modules
+        (then only a real pass attributes them as ``measure`` does)."""
+        if not self.ran:
+            return None
+        modules = dict(model.named_modules())
+        total = int(self.counter.get_total_flops())
+        if any(not isinstance(modules.get(n), _COUNTED) for n in self.layer_flops) or \
+                sum(self.layer_flops.values()) != total:
+            return None
+        params, layer_params = _params(model)
+        return Measurement(total, params, dict(self.layer_flops), layer_params)
+
+
+def weight_sizes(model: nn.Module) -> Dict[str, int]:
+    """name -> weight.numel() of the conv and linear layers (before the surgery)."""
+    return {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, _COUNTED)}
+
+
+def derive_pruned(before: Measurement, sizes_before: Dict[str, int],
+                  pruned: nn.Module) -> Optional[Measurement]:
+    """The measurement of the pruned model from ``before`` (a ``FlopRecorder``
+    measurement: all FLOPs in conv and linear layers): each layer's FLOPs scale with its
+    weight's size, exactly (FlopCounterMode counts 2 x batch x output positions x
+    weight.numel() for a conv, 2 x rows x weight.numel() for a linear). None when a count
+    is not a whole multiple of the old size (then measure for real)."""
+    modules = dict(pruned.named_modules())
+    layer_flops = {}
+    for name, flops in before.layer_flops.items():
+        old, m = sizes_before.get(name), modules.get(name)
+        if not old or not isinstance(m, _COUNTED) or flops % old:
+            return None
+        layer_flops[name] = flops // old * m.weight.numel()
+    params, layer_params = _params(pruned)
+    return Measurement(sum(layer_flops.values()), params, layer_flops, layer_params)

@@ -37,6 +37,8 @@ consumer see exactly zero in those channels; then removing them changes nothing.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 import operator
 from dataclasses import dataclass, field, replace
@@ -227,17 +229,22 @@ def _shape_of(x):
     return None
 
 
-def _fx_shapes(gm: torch.fx.GraphModule, model: nn.Module, example_inputs) -> Dict[str, Any]:
+def _fx_shapes(gm: torch.fx.GraphModule, model: nn.Module, example_inputs, flops=None) -> Dict[str, Any]:
+    """The output shape of every node, from one run of the traced graph; with ``flops`` (a
+    ``flops.FlopRecorder``), that run also counts the model's FLOPs per called module."""
     shapes: Dict[str, Any] = {}
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
-            out = super().run_node(n)
+            if flops is not None and n.op == "call_module":
+                out = flops.module_call(n.target, lambda: super(Recorder, self).run_node(n))
+            else:
+                out = super().run_node(n)
             shapes[n.name] = _shape_of(out)
             return out
 
     inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
-    with _ModeGuard(model):
+    with _ModeGuard(model), (flops if flops is not None else contextlib.nullcontext()):
         Recorder(gm).run(*inputs)
     return shapes
 
@@ -247,8 +254,9 @@ def _export(model: nn.Module, example_inputs):
         return torch.export.export(model, tuple(example_inputs))
 
 
-def trace(model: nn.Module, example_inputs=None, method: str = "auto"):
-    """(graph, shapes, tracer name, param/buffer placeholder names -> FQN, user inputs)."""
+def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=None):
+    """(graph, shapes, tracer name, param/buffer placeholder names -> FQN, user inputs).
+    ``flops``: see ``_fx_shapes`` (the export path runs nothing: it stays unused)."""
     fx_error = None
     if method in ("auto", "fx"):
         try:
@@ -259,7 +267,7 @@ def trace(model: nn.Module, example_inputs=None, method: str = "auto"):
                 raise TraceFailure(f"torch.fx could not trace {type(model).__name__}: "
                                    f"{type(exc).__name__}: {exc}") from exc
         else:
-            shapes = _fx_shapes(gm, model, example_inputs) if example_inputs is not None else {}
+            shapes = _fx_shapes(gm, model, example_inputs, flops) if example_inputs is not None else {}
             return gm.graph, shapes, "fx", {}, gm
     if example_inputs is None:
         raise TraceFailure(
@@ -833,9 +841,11 @@ def _visit_export(A: _Analyzer, node, user_inputs):
     return A.unknown(node, full, (args, kwargs))
 
 
-def analyse(model: nn.Module, example_inputs=None, method: str = "auto") -> Analysis:
-    """Traces ``model`` and returns its channel groups (see the module docstring)."""
-    graph, shapes, tracer, names, owner = trace(model, example_inputs, method)
+def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=None) -> Analysis:
+    """Traces ``model`` and returns its channel groups (see the module docstring).
+    ``flops``: a ``flops.FlopRecorder`` that counts the FLOPs of the run that finds the
+    shapes (fx only), so that ``prune`` need not run the model again to measure it."""
+    graph, shapes, tracer, names, owner = trace(model, example_inputs, method, flops)
     A = _Analyzer(model, shapes, tracer, names)
     for node in graph.nodes:
         if tracer == "fx":

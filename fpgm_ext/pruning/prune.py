@@ -12,7 +12,7 @@ from .._checks import check_prune_args
 from ..ops import distance_scores_multi as _distance_scores_multi
 from ..selection import counts, norm_stage, prune_order, split
 from . import graph as _graph
-from .flops import measure as _measure
+from . import flops as _flops
 from .layers import PadShortcut
 from .plan import Plan, apply_plan
 from .report import LayerStat, PruneReport
@@ -311,25 +311,35 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
                                               min_channels, round_to, trace)
     timings = {}
+    do_measure = measure and example_inputs is not None
+    recorder = _flops.FlopRecorder() if do_measure else None
     t = time.perf_counter()
-    analysis = _graph.analyse(model, example_inputs, trace)
+    analysis = _graph.analyse(model, example_inputs, trace, flops=recorder)
     timings["trace and analyse"] = time.perf_counter() - t
     t = time.perf_counter()
     plan = _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
                    round_to, ops)
     timings["score and select"] = time.perf_counter() - t
 
-    do_measure = measure and example_inputs is not None
     layers_before = _layers(model)
     params_before = sum(p.numel() for p in model.parameters())
+    # FLOPs: counted during the analysis's forward and derived for the pruned model where
+    # all of them are in conv and linear layers (flops.py); else two real passes.
     t = time.perf_counter()
-    before = _measure(model, example_inputs) if do_measure else None
+    before = recorder.measurement(model) if do_measure else None
+    sizes = _flops.weight_sizes(model) if before is not None else None
+    if do_measure and before is None:
+        before = _flops.measure(model, example_inputs)
     timings["measure"] = time.perf_counter() - t
     t = time.perf_counter()
     pruned = apply_plan(model, plan, inplace=inplace, ops=ops)
     timings["surgery"] = time.perf_counter() - t
     t = time.perf_counter()
-    after = _measure(pruned, example_inputs) if do_measure else None
+    after = None
+    if do_measure:
+        after = _flops.derive_pruned(before, sizes, pruned) if sizes is not None else None
+        if after is None:
+            after = _flops.measure(pruned, example_inputs)
     timings["measure"] += time.perf_counter() - t
     layers_after = _layers(pruned)
     layers = []

@@ -1,0 +1,95 @@
+"""The FLOPs in prune's report are FlopCounterMode's counts of the model and of the pruned
+model, whether they come from the analysis's own forward and a derivation (fpgm_ext.
+pruning.flops: the fast path, no extra pass) or from real passes (the fallback)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fpgm_ext
+from fpgm_ext.models import cifar_resnet
+from fpgm_ext.pruning import flops
+
+torchvision = pytest.importorskip("torchvision")
+
+
+class FunctionalConv(nn.Module):
+    """A convolution called functionally on a module's weight: its FLOPs belong to no conv
+    module, so the report must measure for real."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(8, 16, 3, 3))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.conv2d(self.conv(x).relu(), self.w, padding=1)
+        return self.fc(x.mean((2, 3)))
+
+
+class Attention(nn.Module):
+    """Linear layers and a matrix product of activations (not a module's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.out = nn.Linear(16, 32), nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), -1)
+        return self.out(a @ self.q(x))
+
+
+def _pruned_counts(model, x, **kw):
+    pruned, report = fpgm_ext.prune(model, x, rate_dist=0.4, **kw)
+    return pruned, report, {s.name: (s.flops_before, s.flops_after) for s in report.layers}
+
+
+def _real_counts(model, pruned, x):
+    before, after = flops.measure(model, (x,)), flops.measure(pruned, (x,))
+    layers = {name: (before.layer_flops.get(name), after.layer_flops.get(name))
+              for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return before.flops, after.flops, layers
+
+
+CASES = {
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (2, 3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (1, 3, 32, 32)),
+    "regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(num_classes=10), (1, 3, 32, 32)),
+    "cifar_resnet20": (lambda: cifar_resnet(20), (2, 3, 32, 32)),
+    "functional_conv": (FunctionalConv, (1, 3, 16, 16)),
+    "attention": (Attention, (2, 5, 16)),
+}
+FAST = {"resnet18", "mobilenet_v2", "regnet_y_400mf", "cifar_resnet20"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_report_flops_are_flop_counter_counts(name, monkeypatch):
+    make, shape = CASES[name]
+    torch.manual_seed(0)
+    model, x = make().eval(), torch.randn(*shape)
+    real_measure = flops.measure
+    calls = []
+    monkeypatch.setattr(flops, "measure", lambda *a: calls.append(1) or real_measure(*a))
+    pruned, report, layers = _pruned_counts(model, x)
+    assert calls == ([] if name in FAST else [1, 1])   # the fast path runs no extra pass
+    monkeypatch.undo()
+    total_before, total_after, real_layers = _real_counts(model, pruned, x)
+    assert (report.flops_before, report.flops_after) == (total_before, total_after)
+    if name in FAST:
+        assert report.flops_after < report.flops_before
+    for layer, counts in real_layers.items():
+        assert layers[layer] == counts, layer
+
+
+def test_export_tracer_measures_for_real():
+    model, x = cifar_resnet(20).eval(), torch.randn(1, 3, 32, 32)
+    pruned, report, _ = _pruned_counts(model, x, trace="export")
+    assert report.tracer == "export"
+    total_before, total_after, _ = _real_counts(model, pruned, x)
+    assert (report.flops_before, report.flops_after) == (total_before, total_after)
+
+
+def test_derive_refuses_a_count_that_is_not_a_multiple():
+    m = flops.Measurement(flops=7, params=0, layer_flops={"fc": 7}, layer_params={})
+    assert flops.derive_pruned(m, {"fc": 4}, nn.Sequential()) is None
