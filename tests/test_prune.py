@@ -347,6 +347,23 @@ def test_inplace():
     assert same is model and model.conv1.out_channels < 16
 
 
+def test_pruned_copy_shares_nothing_with_the_original():
+    """The copy is built from the original's tensors without copying those the surgery
+    replaces: afterwards the two models share no storage, and training the pruned one
+    leaves the original as it was."""
+    model = randomize(fpgm_ext.models.cifar_resnet(20))
+    model.fc.extra = model.fc.weight          # a tensor held twice is copied as usual
+    before = copy.deepcopy(model.state_dict())
+    pruned, _ = fpgm_ext.prune(model, X32[:1], rate_dist=0.4, measure=False)
+    ptrs = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    for t in list(pruned.parameters()) + list(pruned.buffers()):
+        assert t.untyped_storage().data_ptr() not in ptrs
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 # ------------------------------------------------------------------------ selection
 def test_single_member_groups_are_select():
     """A group of one conv is pruned exactly as fpgm_ext.select and the official code."""

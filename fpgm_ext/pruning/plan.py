@@ -88,6 +88,37 @@ def _check_size(name, entry, key, actual):
                          f"{actual}, the plan was made for {want}")
 
 
+def _replaced_tensors(module: nn.Module) -> tuple:
+    """The attributes of a planned module that the surgery replaces by gathered tensors."""
+    if isinstance(module, (_CONV, nn.Linear)):
+        return ("weight", "bias")
+    if isinstance(module, (_BN, nn.PReLU)):
+        return ("weight", "bias", "running_mean", "running_var")
+    if isinstance(module, PadShortcut):
+        return ("src", "dst")
+    return ()
+
+
+def _copy_for_surgery(model: nn.Module, plan: Plan) -> nn.Module:
+    """A deep copy of ``model`` that does not copy the tensors the surgery is about to
+    replace (the copy refers to the original's until then, and never writes to them):
+    the pruned model is built from the original's tensors, not from a copy of them. A
+    tensor held in more than one place (tied weights) is copied as usual."""
+    modules = dict(model.named_modules())
+    held: Dict[int, int] = {}
+    for _, t in list(model.named_parameters(remove_duplicate=False)) + \
+            list(model.named_buffers(remove_duplicate=False)):
+        held[id(t)] = held.get(id(t), 0) + 1
+    memo: Dict[int, Any] = {}
+    for name in plan.modules:
+        m = modules.get(name)
+        for attr in _replaced_tensors(m) if m is not None else ():
+            t = getattr(m, attr, None)
+            if isinstance(t, torch.Tensor) and held.get(id(t)) == 1:
+                memo[id(t)] = t
+    return copy.deepcopy(model, memo)
+
+
 def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn.Module:
     """Rebuilds the pruned architecture that ``plan`` describes from ``model`` (the same
     architecture, unpruned: e.g. a fresh instance, so that the pruned ``state_dict`` loads
@@ -101,7 +132,7 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
     plan = _as_plan(plan)
     gather_channels = _gather_channels if ops is None else ops.gather_channels
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _copy_for_surgery(model, plan)
     modules = dict(model.named_modules())
     tensors, dims, indices, finish = [], [], [], []
 
