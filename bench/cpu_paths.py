@@ -13,7 +13,6 @@ for the two paths to differ.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -26,7 +25,7 @@ import torch
 import fpgm_ext
 from bench import baselines, shapes
 from bench.harness import (RESULTS, generated_note, interleaved, machine_lines, ms, now_utc, ratio,
-                           section_markers, write_results)
+                           section_markers, timing_parser, write_results)
 from fpgm_ext.testing import avx512_kernels
 
 BEGIN, END = section_markers("cpu-paths")
@@ -83,11 +82,8 @@ def section(date: str, table: List[str], rounds: int, block_s: float) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description="fpgm_ext CPU kernels: the AVX-512 kernels, the "
-                                 "portable paths and torch.cdist, timed in one process.")
-    ap.add_argument("--write", action="store_true", help=f"update the cpu-paths section of {RESULTS}")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
-    ap.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    ap = timing_parser("fpgm_ext CPU kernels: the AVX-512 kernels, the portable paths and "
+                       "torch.cdist, timed in one process.", "cpu-paths", rounds=5)
     args = ap.parse_args(argv)
     backend = fpgm_ext.backend_info()["backend"]
     if backend != "compiled":

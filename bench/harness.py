@@ -12,6 +12,7 @@ GPU timing (CUDA events, synchronisation) is not here: bench/gpu_bench.py keeps 
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -165,3 +166,14 @@ def write_results(text: str, begin: str, end: str, path: Path = RESULTS) -> None
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(new)
+
+
+def timing_parser(description: str, section: str, rounds: int) -> argparse.ArgumentParser:
+    """The options every timing script shares: --write (its own section of RESULTS.md),
+    --rounds and --block of ``interleaved``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--write", action="store_true", help=f"update the {section} section of {RESULTS}")
+    p.add_argument("--rounds", type=int, default=rounds,
+                   help=f"interleaved rounds per case (default {rounds})")
+    p.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    return p

@@ -13,7 +13,6 @@ those that decide a target, ``--loop-runs`` for the per-filter loops).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
@@ -37,7 +36,7 @@ from bench import baselines as B  # noqa: E402
 from bench import shapes as S  # noqa: E402
 from bench.harness import (RESULTS, Timing, cpu_model, generated_note, interleaved,  # noqa: E402
                            machine_lines, ms, now_utc, ratio, runs_note, section_markers,
-                           write_results)
+                           timing_parser, write_results)
 from bench.scaling import PLOT, plot_scaling  # noqa: E402
 
 BEGIN, END = section_markers("cpu-bench")
@@ -225,11 +224,8 @@ def section(date: str, table: str, timings: Dict[str, float], args) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="fpgm_ext CPU benchmarks: ratios against the "
-                                "baselines, a table of targets and a time-vs-N plot.")
-    p.add_argument("--write", action="store_true", help=f"update the cpu-bench section of {RESULTS}")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (default 7)")
-    p.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    p = timing_parser("fpgm_ext CPU benchmarks: ratios against the baselines, a table of "
+                      "targets and a time-vs-N plot.", "cpu-bench", rounds=7)
     p.add_argument("--slow-runs", type=int, default=2, help="calls of a slow baseline (default 2)")
     p.add_argument("--target-runs", type=int, default=5,
                    help="calls of a slow baseline that decides a target (default 5)")
