@@ -2,6 +2,7 @@
 
     fpgm-ext demo [--quick]                  soft FPGM end to end on scikit-learn's digits
     fpgm-ext prune MODEL [--rate-dist 0.4]   prune a model, print the per-layer table, save it
+                                             (--target-flops 0.5: the rate that removes half the FLOPs)
                                              (--plot channels.png: channels before/after per layer)
     fpgm-ext bench [ARGS...]                 the benchmark report of the source checkout's bench/
     fpgm-ext info                            backends, build configuration, devices
@@ -173,13 +174,15 @@ def cmd_prune(args) -> int:
         pruned, report = fpgm_ext.prune(model, x, rate_dist=args.rate_dist, rate_norm=args.rate_norm,
                                         metric=args.metric, ignore=args.ignore or (),
                                         prune_residual=not args.no_residual, min_channels=args.min_channels,
-                                        round_to=args.round_to)
+                                        round_to=args.round_to, target_flops=args.target_flops,
+                                        target_params=args.target_params)
     except RuntimeError as exc:
         msg = _first_line(exc)
         if "shape" in msg or "size" in msg or "expected" in msg.lower():
             msg += f" (the model was run on an input of shape {list(shape)}; set --input-shape)"
         raise CliError(msg) from None
-    print(f"{what}, input {list(shape)}, rate_dist {args.rate_dist}, rate_norm {args.rate_norm}, "
+    rate_dist = report.plan.meta["rate_dist"]   # the rate found, with a target
+    print(f"{what}, input {list(shape)}, rate_dist {rate_dist:g}, rate_norm {args.rate_norm}, "
           f"metric {args.metric}\n")
     print(report.to_markdown(layers=True))
     if args.out:
@@ -189,7 +192,7 @@ def cmd_prune(args) -> int:
         report.plan.save(args.plan)
         print(f"saved the plan to {args.plan} (fpgm_ext.apply_plan(fresh_model, path))")
     if args.plot:
-        plot.plot_channels(report, args.plot, title=f"{what}: FPGM rate_dist {args.rate_dist:g}, "
+        plot.plot_channels(report, args.plot, title=f"{what}: FPGM rate_dist {rate_dist:.3g}, "
                            f"rate_norm {args.rate_norm:g}, metric {args.metric}")
         print(f"saved the channel plot to {args.plot}")
     return 0
@@ -289,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction pruned by distance (default 0.4)")
     r.add_argument("--rate-norm", type=_rate(True, False), default=1.0,
                    help="fraction kept by the norm stage (default 1.0: none pruned by norm)")
+    target = r.add_mutually_exclusive_group()
+    target.add_argument("--target-flops", type=_rate(True, True), metavar="FRACTION",
+                        help="instead of --rate-dist: the fraction of the FLOPs to remove (e.g. 0.5); "
+                             "the uniform rate that reaches it is searched")
+    target.add_argument("--target-params", type=_rate(True, True), metavar="FRACTION",
+                        help="likewise, the fraction of the parameters to remove")
     r.add_argument("--metric", choices=["l2", "l1", "cos"], default="l2")
     r.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
                    help="example input (default 1,3,32,32 for the built-ins, else 1,3,224,224)")

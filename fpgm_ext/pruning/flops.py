@@ -117,3 +117,23 @@ def derive_pruned(before: Measurement, sizes_before: Dict[str, int],
         layer_flops[name] = flops // old * m.weight.numel()
     params, layer_params = _params(pruned)
     return Measurement(sum(layer_flops.values()), params, layer_flops, layer_params)
+
+
+def derive_weight_sizes(model: nn.Module, plan) -> Dict[str, int]:
+    """name -> weight.numel() that each conv and linear layer ``plan`` changes will have
+    once it is applied to ``model`` (unpruned), from the plan's channel counts: no surgery.
+    As ``apply_plan`` builds them: a grouped conv keeps its inputs per group."""
+    modules = dict(model.named_modules())
+    sizes = {}
+    for name, e in plan.modules.items():
+        m = modules.get(name)
+        if not isinstance(m, _COUNTED):
+            continue
+        conv = not isinstance(m, nn.Linear)
+        o, i = (m.out_channels, m.in_channels) if conv else (m.out_features, m.in_features)
+        g = m.groups if conv else 1
+        o2 = len(e["out"]) if "out" in e else o
+        i2 = len(e["in"]) if "in" in e else i
+        g2 = e.get("groups", g) if "in" in e else g
+        sizes[name] = m.weight.numel() // (o * (i // g)) * o2 * (i2 // g2)
+    return sizes

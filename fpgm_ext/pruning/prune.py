@@ -13,6 +13,7 @@ from ..ops import distance_scores_multi as _distance_scores_multi
 from ..selection import counts, norm_stage, prune_order, split
 from . import graph as _graph
 from . import flops as _flops
+from . import target as _target
 from .layers import PadShortcut
 from .plan import Plan, apply_plan
 from .report import LayerStat, PruneReport
@@ -31,7 +32,8 @@ def _score_rows(use, units: int) -> torch.Tensor:
 
 
 def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric, min_channels,
-            round_to, distance_scores_multi) -> Dict[int, torch.Tensor]:
+            round_to, distance_scores_multi, cache: Optional[Dict[int, Any]] = None
+            ) -> Dict[int, torch.Tensor]:
     """Kept units per pruned group: the official two-stage selection (fpgm_ext.selection;
     docs/design.md, algorithm and official selection) over units, with all groups' distance
     scores in one distance_scores_multi call.
@@ -42,7 +44,11 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
     channel ``dst`` that receives input channel ``src`` may be pruned only if ``src`` is
     pruned too (else the shortcut would carry a live value into a removed channel); its
     zero-padded channels are free. A unit that may not be pruned is passed over for the
-    next one in the order, so the groups are decided upstream first."""
+    next one in the order, so the groups are decided upstream first.
+
+    ``cache`` (a dict, for repeated selections of one model at several ``rate_dist`` and a
+    fixed ``rate_norm``: the target search) keeps each group's norm stage and summed
+    scores, which do not depend on ``rate_dist``: every group is scored once."""
     pending = {}
     queue = []
     for g in analysis.groups:
@@ -64,6 +70,11 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         keep = min(units, -(-keep // multiple) * multiple)
         if keep == units:
             continue
+        known = cache.get(g.id) if cache is not None else None
+        if known is not None and (known[2] is not None or n_dist == 0):
+            by_norm, candidates, total = known
+            pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, total)
+            continue
         rows = [_score_rows(u, units) for u in producers]
         for u, r in zip(producers, rows):
             if not torch.isfinite(r).all():
@@ -74,8 +85,16 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         first = len(queue)
         if n_dist > 0:
             queue += [r[candidates] for r in rows]
-        pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, first, len(rows))
+        pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, (first, len(rows)))
     scores = distance_scores_multi(queue, metric) if queue else []
+    for gid, entry in pending.items():   # each group's scores summed over its producers
+        total = entry[-1]
+        if isinstance(total, tuple):
+            first, count = total
+            total = sum(scores[first + k].to(torch.float64) for k in range(count)) if entry[5] > 0 else None
+            pending[gid] = entry[:-1] + (total,)
+        if cache is not None:
+            cache[gid] = (entry[2], entry[4], total)
 
     # PadShortcut constraints: (input space, output space, src, dst)
     links = [(u.in_segs[0].space, u.out_space, u.module.src.cpu(), u.module.dst.cpu())
@@ -101,9 +120,8 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             break
         for gid in ready:
             g = analysis.groups[gid]
-            keep, multiple, by_norm, n_norm, candidates, n_dist, first, count = pending.pop(gid)
-            total = sum(scores[first + k].to(torch.float64) for k in range(count)) if n_dist > 0 else None
-            order = prune_order(by_norm, n_norm, candidates, total).cpu()
+            keep, multiple, by_norm, n_norm, candidates, n_dist, total = pending.pop(gid)
+            order = prune_order(by_norm, n_norm, candidates, total if n_dist > 0 else None).cpu()
             allowed = torch.ones(g.units, dtype=torch.bool)
             for s_in, s_out, src, dst in links:
                 if analysis.group_of[s_out] != gid:
@@ -199,7 +217,7 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
 
 
 def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
-            round_to, ops) -> Plan:
+            round_to, ops, cache: Optional[Dict[int, Any]] = None) -> Plan:
     """The plan of ``model`` (already analysed): frozen groups, selection, plan."""
     distance_scores_multi = _distance_scores_multi if ops is None else ops.distance_scores_multi
     frozen = {g.id: list(g.reasons) for g in analysis.groups}
@@ -212,7 +230,7 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
         if g.residual and not prune_residual:
             frozen[g.id].append("residual stream (prune_residual=False)")
     kept = _select(analysis, frozen, rate_dist, rate_norm, metric, min_channels, round_to,
-                   distance_scores_multi)
+                   distance_scores_multi, cache)
     meta = {"model": type(model).__name__, "rate_dist": rate_dist, "rate_norm": rate_norm,
             "metric": metric, "prune_residual": prune_residual, "min_channels": min_channels,
             "round_to": round_to, "ignore": ignore, "tracer": analysis.tracer,
@@ -253,7 +271,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
           rate_dist: float = 0.4, rate_norm: float = 1.0, metric: str = "l2", *,
           ignore: Union[str, Sequence[str]] = (), prune_residual: bool = True,
           min_channels: int = 1, round_to: int = 1, inplace: bool = False,
-          trace: str = "auto", measure: bool = True, ops=None) -> PruneResult:
+          trace: str = "auto", measure: bool = True, ops=None,
+          target_flops: Optional[float] = None, target_params: Optional[float] = None) -> PruneResult:
     """FPGM filter pruning of a whole model: returns ``(pruned_model, report)``, the pruned
     model physically smaller (a new module; ``model`` is untouched unless ``inplace=True``).
     ``report.plan`` is the pruning plan: ``report.plan.save("plan.json")``, then
@@ -306,20 +325,25 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         inplace: prune ``model`` itself instead of a copy.
         trace: "auto" (fx, else export), "fx" or "export".
         measure: measure FLOPs and parameters with FlopCounterMode (needs example_inputs).
+        target_flops, target_params: instead of ``rate_dist``, the fraction of the FLOPs
+            (measured as above) or of the parameters to remove, e.g. 0.5: the uniform
+            ``rate_dist`` (every group at one rate, the paper's semantics) whose reduction
+            is nearest the target, within 1 % where reachable; ``report.target`` says
+            what was reached and at which rate (``report.plan.meta["rate_dist"]`` too).
+            Scores are computed once for all the rates tried.
     """
     t_start = time.perf_counter()
     example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
                                               min_channels, round_to, trace)
+    goal = _target.check_target(target_flops, target_params)
+    if goal is not None and goal[0] == "flops" and (example_inputs is None or not measure):
+        raise ValueError("fpgm_ext.prune: target_flops needs example_inputs and measure=True")
     timings = {}
     do_measure = measure and example_inputs is not None
     recorder = _flops.FlopRecorder() if do_measure else None
     t = time.perf_counter()
     analysis = _graph.analyse(model, example_inputs, trace, flops=recorder)
     timings["trace and analyse"] = time.perf_counter() - t
-    t = time.perf_counter()
-    plan = _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
-                   round_to, ops)
-    timings["score and select"] = time.perf_counter() - t
 
     layers_before = _layers(model)
     params_before = sum(p.numel() for p in model.parameters())
@@ -331,6 +355,29 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     if do_measure and before is None:
         before = _flops.measure(model, example_inputs)
     timings["measure"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    target = None
+    if goal is None:
+        plan = _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual,
+                       min_channels, round_to, ops)
+    else:
+        cache: Dict[int, Any] = {}
+
+        def plan_at(rate):
+            return _decide(model, analysis, rate, rate_norm, metric, ignore, prune_residual,
+                           min_channels, round_to, ops, cache)
+
+        def reduction(plan):
+            if goal[0] == "params":
+                return 1.0 - _target.planned_params(model, plan, params_before) / params_before
+            if sizes is not None:
+                return 1.0 - _target.planned_flops(before, sizes, model, plan) / before.flops
+            pruned_copy = apply_plan(model, plan, ops=ops)   # FLOPs outside conv/linear layers
+            return 1.0 - _flops.measure(pruned_copy, example_inputs).flops / before.flops
+
+        plan, target = _target.search(plan_at, reduction, *goal)
+    timings["score and select"] = time.perf_counter() - t
     t = time.perf_counter()
     pruned = apply_plan(model, plan, inplace=inplace, ops=ops)
     timings["surgery"] = time.perf_counter() - t
@@ -353,5 +400,6 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         plan=plan, tracer=analysis.tracer,
         flops_before=before.flops if before else None, flops_after=after.flops if after else None,
         params_before=params_before, params_after=sum(p.numel() for p in pruned.parameters()),
-        layers=layers, unsupported=list(dict.fromkeys(analysis.unsupported)), timings=timings)
+        layers=layers, unsupported=list(dict.fromkeys(analysis.unsupported)), timings=timings,
+        target=target)
     return PruneResult(pruned, report)

@@ -31,6 +31,7 @@ class PruneReport:
     layers: List[LayerStat]
     unsupported: List[str]                        # ops the analysis did not understand
     timings: Dict[str, float] = field(default_factory=dict)
+    target: Optional[Any] = None                  # target.TargetResult with target_flops/_params
 
     @property
     def groups(self) -> List[Dict[str, Any]]:
@@ -61,6 +62,8 @@ class PruneReport:
                          f"({100 * self.flops_reduction:.1f} % fewer, measured)")
         lines.append(f"  params {self.params_before:,} -> {self.params_after:,} "
                      f"({100 * self.params_reduction:.1f} % fewer)")
+        if self.target is not None:
+            lines.append("  " + self.target.summary())
         for g in self.left_alone:
             who = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
             lines.append(f"  left alone: [{who}]: {g['left_alone']}")
