@@ -1,6 +1,8 @@
 """The FLOPs in prune's report are FlopCounterMode's counts of the model and of the pruned
 model, whether they come from the analysis's own forward and a derivation (fpgm_ext.
 pruning.flops: the fast path, no extra pass) or from real passes (the fallback)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,10 @@ from fpgm_ext.models import cifar_resnet
 from fpgm_ext.pruning import flops
 
 torchvision = pytest.importorskip("torchvision")
+
+if os.environ.get("FPGM_EXT_BACKEND") == "reference":
+    pytest.skip("measurement and search are backend-independent; they run once, on the default "
+                "backend", allow_module_level=True)
 
 
 class FunctionalConv(nn.Module):
