@@ -483,6 +483,11 @@ def test_bad_model_and_inputs():
         bad.c2.weight[3, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="c2 contains NaN or Inf"):
         fpgm_ext.prune(bad, X16)
+    with torch.no_grad():
+        bad.c2.weight[3, 0, 0, 0] = 1.0
+        bad.c1.weight[0, 1, 2, 0] = -float("inf")
+    with pytest.raises(ValueError, match="c1 contains NaN or Inf"):
+        fpgm_ext.prune(bad, X16)
 
 
 def test_models_registry():

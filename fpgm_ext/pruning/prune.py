@@ -76,11 +76,14 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, total)
             continue
         rows = [_score_rows(u, units) for u in producers]
-        for u, r in zip(producers, rows):
-            if not torch.isfinite(r).all():
+        row_norms = [r.norm(dim=1) for r in rows]
+        for u, r, n in zip(producers, rows, row_norms):
+            # NaN or Inf in a row makes its norm NaN or Inf; only then is every element
+            # looked at (a finite float64 row whose norm overflows is not an error).
+            if not torch.isfinite(n).all() and not torch.isfinite(r).all():
                 raise ValueError(f"fpgm_ext.prune: the weight of {u.name} contains NaN or Inf; "
                                  "FPGM scores would be meaningless")
-        norms = sum(r.norm(dim=1) for r in rows)
+        norms = sum(row_norms)
         by_norm, candidates = norm_stage(norms, n_norm)
         first = len(queue)
         if n_dist > 0:
