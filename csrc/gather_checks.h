@@ -40,7 +40,13 @@ inline GatherArgs check_gather_args(at::TensorList tensors, at::IntArrayRef dims
                       idx.device(), " but tensors[", k, "] is on ", t.device());
     TORCH_CHECK_VALUE(t.device() == tensors[0].device(), "fpgm.gather_channels: tensors[", k,
                       "] is on ", t.device(), " but tensors[0] is on ", tensors[0].device());
-    args.dims.push_back(dims[k] < 0 ? dims[k] + t.dim() : dims[k]);
+    const int64_t dim = dims[k] < 0 ? dims[k] + t.dim() : dims[k];
+    // Checked here, not by the kernels: with no channel to address, the CUDA kernel's
+    // clamped read would still fall outside the source.
+    TORCH_CHECK_INDEX(t.size(dim) > 0 || idx.numel() == 0, "fpgm.gather_channels: indices[", k,
+                      "] holds ", idx.numel(), " indices but dimension ", dim, " of tensors[", k,
+                      "] has size 0");
+    args.dims.push_back(dim);
   }
   return args;
 }

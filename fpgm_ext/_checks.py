@@ -88,6 +88,9 @@ def check_gather_args(tensors, dims, indices) -> List[int]:
         if t.device != tensors[0].device:
             raise ValueError(f"fpgm.gather_channels: tensors[{k}] is on {t.device} but tensors[0] is on "
                              f"{tensors[0].device}")
+        if t.shape[dim % t.dim()] == 0 and idx.numel() > 0:
+            raise IndexError(f"fpgm.gather_channels: indices[{k}] holds {idx.numel()} indices but dimension "
+                             f"{dim % t.dim()} of tensors[{k}] has size 0")
         wrapped.append(dim % t.dim())
     return wrapped
 

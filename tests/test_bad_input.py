@@ -98,6 +98,8 @@ GATHER_CASES = [
     (([T], [2], [I]), ValueError, ["dims[0]", "out of range"]),
     (([T], [-3], [I]), ValueError, ["dims[0]"]),
     (([torch.tensor(1.0)], [0], [I]), ValueError, ["tensors[0]", "rank"]),
+    (([T, torch.randn(4, 0)], [0, -1], [I, torch.tensor([0])]), IndexError,
+     ["indices[1]", "dimension 1", "size 0"]),
 ]
 
 

@@ -61,6 +61,8 @@ def test_gather_edge_cases(impl, device):
     _check(impl, [t], [0], [torch.tensor([4, 4, 0], device=device)])  # repeated indices
     _check(impl, [t], [-1], [torch.tensor([3, 1], dtype=torch.int32, device=device)])  # int32, dim -1
     _check(impl, [torch.randn(0, 6, device=device)], [1], [torch.tensor([1], device=device)])  # empty outer
+    _check(impl, [torch.randn(3, 0, device=device)], [1],  # no channels, none asked for
+           [torch.tensor([], dtype=torch.int64, device=device)])
     _check(impl, [torch.randn(7, device=device)], [0], [torch.randperm(7, device=device)])
 
 
