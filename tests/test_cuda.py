@@ -152,6 +152,23 @@ def test_nonfinite_gives_nan(metric, matrix):
                                atol=1e-5 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("op", ["scores", "multi", "matrix", "gather"])
+def test_graph_capture_refused(op):
+    """The work table is copied from pinned host memory at every call, which a CUDA graph
+    would replay from a reused buffer: capturing an op is refused with a clear error."""
+    w = torch.randn(64, 27, device="cuda")
+    calls = {"scores": lambda: fpgm_ext.distance_scores(w),
+             "multi": lambda: fpgm_ext.distance_scores_multi([w, w]),
+             "matrix": lambda: fpgm_ext.distance_matrix(w),
+             "gather": lambda: fpgm_ext.gather_channels([w], [0], [torch.arange(3, device="cuda")])}
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            calls[op]()
+    assert fpgm_ext.distance_scores(w).isfinite().all()  # the device is still usable
+
+
 def test_gather_index_out_of_range_asserts():
     """A device-side assertion (as torch's index_select on CUDA); it poisons the CUDA
     context, hence the subprocess."""

@@ -179,6 +179,22 @@ def test_multi(emu, metric, dtype):
 SPLIT_SHAPES = [(129, 650), (1, 300), (70, 9), (64, 200), (7, 3, 3, 3)]
 
 
+@pytest.mark.parametrize("wave, items", [
+    (264, 252),   # H100/H200: 132 SMs x 2 resident tile blocks: 7 parts, one wave (not 8: 288)
+    (528, 288),   # 4 blocks per SM: 8 parts (kMaxSplit), one wave
+    (128, 252),   # 36 pairs x 7 = 252 <= 2 waves of 128 (8 parts: 288, 3 waves)
+    (36, 36),     # as many blocks as pairs: no split
+    (0, 36),      # target 0: never split
+])
+def test_split_fills_whole_waves(emu, wave, items):
+    """split-K is planned on the blocks the GPU holds at once (the launcher: resident tile
+    blocks per SM from the occupancy API x SMs): the split that finishes in the fewest wave
+    times, so the items fill whole waves or stop just under one."""
+    plan = emu.plan([(512, 4608)], "l2", target_blocks=wave)   # 8 x 8 tiles: 36 pairs
+    assert plan["items"] == items
+    assert plan["split_pairs"] == (36 if items > 36 else 0)
+
+
 @pytest.mark.parametrize("metric", metrics)
 @pytest.mark.parametrize("matrix", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

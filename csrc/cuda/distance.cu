@@ -9,7 +9,8 @@
 //   - the launches of kernels::launch_distance (five for l2/cos scores, one fewer for l1
 //     or a matrix, one more when few tile pairs get their columns split to fill the
 //     GPU), each covering all layers; every launch checked with C10_CUDA_KERNEL_LAUNCH_CHECK.
-// No host synchronisation anywhere: no .item(), no device -> host copy.
+// No host synchronisation anywhere: no .item(), no device -> host copy. Not capturable in
+// a CUDA graph (the table is copied from host memory at each call): refused clearly.
 //
 // Results: scores float32 (float64 for float64 input), summed with float64 atomics (the
 // order of additions varies between runs, in the last bits of a float64). No N x N buffer
@@ -22,13 +23,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <climits>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "../checks.h"
+#include "launch.h"
 #include "kernels/distance_plan.cuh"
 
 namespace fpgm {
@@ -55,15 +56,17 @@ struct StreamLaunch {
   }
 };
 
-// Tile pairs below which plan_distance splits their columns: 4 blocks per SM.
-long long target_blocks(int device) {
-  static std::atomic<int> sms[64];
-  int count = device >= 0 && device < 64 ? sms[device].load() : 0;
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    if (device >= 0 && device < 64) sms[device] = count;
-  }
-  return 4LL * count;
+// The tile blocks the GPU runs at once, for the tile kernel this call launches: below that
+// many tile pairs, plan_distance splits their columns (split-K) to fill whole waves.
+template <typename acc_t>
+long long target_blocks(Metric metric, bool matrix, int device) {
+  const bool l1 = metric == Metric::L1;
+  const void* kernel =
+      l1 ? (matrix ? reinterpret_cast<const void*>(&kernels::tile_kernel<acc_t, true, true>)
+                   : reinterpret_cast<const void*>(&kernels::tile_kernel<acc_t, true, false>))
+         : (matrix ? reinterpret_cast<const void*>(&kernels::tile_kernel<acc_t, false, true>)
+                   : reinterpret_cast<const void*>(&kernels::tile_kernel<acc_t, false, false>));
+  return resident_blocks(kernel, kernels::kTileThreads, device);
 }
 
 // A pinned host copy of `bytes` bytes, transferred asynchronously into dst (a device
@@ -80,6 +83,7 @@ void copy_table_async(const at::Tensor& dst, const std::vector<unsigned char>& b
 template <typename scalar_t, typename acc_t>
 void run_layers(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& outs,
                 Metric metric, bool matrix) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   std::vector<long long> n, d;
   for (const auto& x : xs) {
     n.push_back(x.size(0));
@@ -87,7 +91,8 @@ void run_layers(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>
   }
   kernels::DistancePlan plan =
       kernels::plan_distance(n.data(), d.data(), static_cast<int>(xs.size()), sizeof(acc_t),
-                             metric_id(metric), target_blocks(xs[0].device().index()));
+                             metric_id(metric),
+                             target_blocks<acc_t>(metric, matrix, xs[0].device().index()));
   for (size_t l = 0; l < xs.size(); ++l) {
     plan.layers[l].x = xs[l].const_data_ptr();
     plan.layers[l].out = outs[l].mutable_data_ptr();
@@ -98,8 +103,7 @@ void run_layers(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>
       at::empty({static_cast<int64_t>(plan.total_bytes)}, xs[0].options().dtype(at::kByte));
   copy_table_async(workspace.narrow(0, 0, static_cast<int64_t>(plan.table_bytes)), table);
   const auto args = plan.template args<acc_t>(workspace.mutable_data_ptr(), metric_id(metric));
-  kernels::launch_distance<scalar_t, acc_t>(plan, args, matrix,
-                                            StreamLaunch{c10::cuda::getCurrentCUDAStream()});
+  kernels::launch_distance<scalar_t, acc_t>(plan, args, matrix, StreamLaunch{stream});
 }
 
 at::ScalarType result_type(at::ScalarType t) {
@@ -123,6 +127,7 @@ at::Tensor distance_scores_cuda(const at::Tensor& weight, c10::string_view metri
   const Metric m = parse_metric("distance_scores", metric);
   check_weight("distance_scores", "weight", weight);
   const c10::cuda::CUDAGuard guard(weight.device());
+  check_not_capturing(c10::cuda::getCurrentCUDAStream(), "distance_scores");
   at::Tensor out = at::empty({weight.size(0)}, weight.options().dtype(result_type(weight.scalar_type())));
   run({rows_of(weight)}, {out}, m, false);
   return out;
@@ -134,6 +139,7 @@ std::vector<at::Tensor> distance_scores_multi_cuda(at::TensorList weights,
   if (weights.empty()) return {};
   check_weights(weights);
   const c10::cuda::CUDAGuard guard(weights[0].device());
+  check_not_capturing(c10::cuda::getCurrentCUDAStream(), "distance_scores_multi");
   const auto options = weights[0].options().dtype(result_type(weights[0].scalar_type()));
   std::vector<at::Tensor> xs, outs;
   for (const auto& w : weights) {
@@ -148,6 +154,7 @@ at::Tensor distance_matrix_cuda(const at::Tensor& weight, c10::string_view metri
   const Metric m = parse_metric("distance_matrix", metric);
   check_weight("distance_matrix", "weight", weight);
   const c10::cuda::CUDAGuard guard(weight.device());
+  check_not_capturing(c10::cuda::getCurrentCUDAStream(), "distance_matrix");
   const auto options = weight.options().dtype(result_type(weight.scalar_type()));
   if (!is_layer_batch(weight)) {
     const int64_t n = weight.size(0);

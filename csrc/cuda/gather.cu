@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../gather_checks.h"
+#include "launch.h"
 
 #ifdef CUDA_KERNEL_ASSERT_PRINTF
 #define FPGM_INDEX_ASSERT(ok, tensor, index, size)                                      \
@@ -40,6 +41,8 @@ std::vector<at::Tensor> gather_channels_cuda(at::TensorList tensors, at::IntArra
   const GatherArgs args = check_gather_args(tensors, dims, indices);
   if (tensors.empty()) return {};
   const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  check_not_capturing(stream, "gather_channels");
   std::vector<at::Tensor> outs, keep_alive;
   std::vector<kernels::GatherTensor> parts;
   for (const auto k : c10::irange(tensors.size())) {
@@ -68,7 +71,6 @@ std::vector<at::Tensor> gather_channels_cuda(at::TensorList tensors, at::IntArra
   std::memcpy(host.mutable_data_ptr(), plan.descs.data(), bytes);
   at::Tensor table = at::empty({bytes}, tensors[0].options().dtype(at::kByte));
   table.copy_(host, /*non_blocking=*/true);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   kernels::launch_gather(
       plan, static_cast<const kernels::GatherDesc*>(table.const_data_ptr()),
       [stream](auto kernel, long long blocks, int threads, auto... a) {

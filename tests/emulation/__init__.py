@@ -110,6 +110,15 @@ class Emulator:
         self._check(rc)
         return outs, list(words)
 
+    def plan(self, shapes: Sequence[tuple], metric: str = "l2", acc_size: int = 4,
+             target_blocks: int = 0) -> dict:
+        """plan_distance's work table for layers of shapes [(n, d), ...], not run: the
+        number of items, of split pairs and of their parts."""
+        out = (ctypes.c_longlong * 3)()
+        self.lib.fpgm_emu_plan(METRICS[metric], acc_size, len(shapes), _i64([n for n, _ in shapes]),
+                               _i64([d for _, d in shapes]), ctypes.c_longlong(target_blocks), out)
+        return {"items": out[0], "split_pairs": out[1], "parts": out[2]}
+
     def launches(self):
         """(blocks, threads) of every launch of the last call."""
         cap = 64

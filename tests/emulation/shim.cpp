@@ -63,6 +63,16 @@ int run_distance(int metric, bool matrix, int num_layers, const void* const* xs,
 
 extern "C" {
 
+// The plan of a call, without running it: out[0] items, out[1] split pairs, out[2] parts.
+void fpgm_emu_plan(int metric, int acc_size, int num_layers, const long long* ns,
+                   const long long* ds, long long target_blocks, long long* out) {
+  const k::DistancePlan plan = k::plan_distance(ns, ds, num_layers, static_cast<size_t>(acc_size),
+                                                metric, target_blocks);
+  out[0] = static_cast<long long>(plan.items.size());
+  out[1] = static_cast<long long>(plan.pairs.size());
+  out[2] = plan.parts;
+}
+
 // dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16 (inputs [n, d] contiguous).
 // metric: 0 l2, 1 l1, 2 cos. outs[l]: n float32 (float64 for float64 input) scores, or an
 // n x n matrix when matrix != 0. target_blocks: plan_distance's measure of a full GPU

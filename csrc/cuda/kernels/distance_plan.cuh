@@ -69,12 +69,28 @@ inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 constexpr int kMaxSplit = 8;        // parts per tile pair, at most
 constexpr int kMinSplitSteps = 8;   // steps of kTileK columns per part, at least
 
+// The parts each tile pair is split into when a call has `pairs` pairs and the GPU runs
+// `wave` items at once: the split (1..kMaxSplit) that finishes soonest, counting whole
+// waves (time ~ waves / split), the smallest on a tie. So the items fill whole waves, or
+// stop just under one: 36 pairs on a wave of 264 are split 7 ways (252 items, one wave),
+// not 8 (288 items, a second wave almost empty). Splitting only when pairs < wave.
+inline long long split_for_waves(long long pairs, long long wave) {
+  if (wave <= pairs || pairs <= 0) return 1;
+  long long best = 1, best_waves = 1;  // split s finishes in waves(s) / s wave times
+  for (long long s = 2; s <= kMaxSplit; ++s) {
+    const long long waves = (pairs * s + wave - 1) / wave;
+    if (waves * best < best_waves * s) best = s, best_waves = waves;
+  }
+  return best;
+}
+
 // Plans layers of n[k] rows of d[k] elements (n, d >= 1) for an accumulation type of
-// acc_size bytes and a metric (kMetric*). The work is every layer's upper-triangle tile pairs. When there are
-// fewer pairs than target_blocks (the caller's measure of a full GPU; 0: never), the
-// columns of each pair are split over up to kMaxSplit items (split-K) so that a single
-// layer with few filters but long rows still fills the machine. Items are sorted by
-// cost, largest first (better load balance).
+// acc_size bytes and a metric (kMetric*). The work is every layer's upper-triangle tile
+// pairs. When there are fewer pairs than target_blocks (the tile blocks a GPU holds at
+// once: resident blocks per SM x SMs; 0: never split), the columns of each pair are
+// split over up to kMaxSplit items (split-K, split_for_waves) so that a single layer
+// with few filters but long rows still fills the machine. Items are sorted by cost,
+// largest first (better load balance).
 inline DistancePlan plan_distance(const long long* n, const long long* d, int num_layers,
                                   size_t acc_size, int metric, long long target_blocks = 0) {
   DistancePlan p;
@@ -97,9 +113,7 @@ inline DistancePlan plan_distance(const long long* n, const long long* d, int nu
     const long long tiles = (L.n + kTile - 1) / kTile;
     pairs += tiles * (tiles + 1) / 2;
   }
-  long long split = 1;
-  if (target_blocks > pairs)
-    split = std::min<long long>(kMaxSplit, (target_blocks + pairs - 1) / pairs);
+  const long long split = split_for_waves(pairs, target_blocks);
   for (int l = 0; l < num_layers; ++l) {
     const LayerDesc& L = p.layers[l];
     const int tiles = static_cast<int>((L.n + kTile - 1) / kTile);
