@@ -649,6 +649,55 @@ def _arg(args, kwargs, i, name, default=None):
     return kwargs.get(name, default)
 
 
+def _fx_owner(A: _Analyzer, node_arg, attr: str):
+    """(name, module) when ``node_arg`` is a get_attr of ``attr`` of a module of the model
+    (as ``module.<attr>``); else (None, None). The module comes from the model itself: the
+    traced GraphModule holds only empty containers around the attributes it reads."""
+    if not isinstance(node_arg, torch.fx.Node) or node_arg.op != "get_attr":
+        return None, None
+    name, _, last = node_arg.target.rpartition(".")
+    m = A.modules.get(name)
+    return (name, m) if m is not None and last == attr else (None, None)
+
+
+def _fx_functional(A: _Analyzer, node, fn, x: Val, args, kwargs):
+    """Functional spellings of a supported layer on its own module's tensors, as subclasses
+    of the torch.nn layers call them from their forward (timm's BatchNormAct2d: F.batch_norm
+    on self.running_mean ... self.bias): the layer's rule, or None when the call does not
+    use exactly one module's tensors as that module would."""
+    raw = lambda i, key: node.args[i] if len(node.args) > i else node.kwargs.get(key)  # noqa: E731
+    if fn in (F.batch_norm, torch.batch_norm):
+        names = {}
+        for i, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+            arg = raw(i, key)
+            if arg is None:
+                continue
+            name, m = _fx_owner(A, arg, key)
+            if m is None:
+                return None
+            names[name] = m
+        if len(names) != 1:
+            return None
+        name, m = next(iter(names.items()))
+        if not isinstance(m, _BN) or m.num_features is None or (raw(3, "weight") is None) == m.affine:
+            return None
+        return A.channelwise(node, name, m, x, "bn", m.num_features, m.affine,
+                             f"{name} (BatchNorm without affine)")
+    if fn in (F.conv1d, F.conv2d, F.conv3d, F.linear):
+        name, m = _fx_owner(A, raw(1, "weight"), "weight")
+        bias = raw(2, "bias")
+        if m is None or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+            return None
+        if fn is F.linear:
+            return A.linear(node, name, m, x) if isinstance(m, nn.Linear) else None
+        groups = _arg(args, kwargs, 6, "groups", 1)
+        if not isinstance(m, _CONV) or m.weight.dim() != {F.conv1d: 3, F.conv2d: 4, F.conv3d: 5}[fn] \
+                or groups != m.groups:
+            return None
+        return A.conv(node, name, m, x)
+    return None
+
+
 def _visit_fx(A: _Analyzer, node, gm):
     args = _map_args(node.args, A.vals)
     kwargs = _map_args(node.kwargs, A.vals)
@@ -737,6 +786,9 @@ def _visit_fx(A: _Analyzer, node, gm):
     if fn is F.pad:
         return A.pad(node, x, _arg(args, kwargs, 1, "pad"), _arg(args, kwargs, 2, "mode", "constant"),
                      _arg(args, kwargs, 3, "value", None))
+    out = _fx_functional(A, node, fn, x, args, kwargs)
+    if out is not None:
+        return out
     return A.unknown(node, fname, (args, kwargs))
 
 

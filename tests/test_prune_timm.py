@@ -1,0 +1,44 @@
+"""fpgm_ext.prune on timm models (pretrained=False, nothing downloaded) with default
+settings: traced with torch.fx, where timm's norm layers call F.batch_norm on their own
+tensors; each model pruned exactly (the outputs of the original with its pruned channels
+zeroed) and by about the uniform rate's reduction. Skipped without timm."""
+import os
+
+import pytest
+import torch
+
+import fpgm_ext
+from test_prune import assert_exact, randomize
+
+timm = pytest.importorskip("timm")
+
+if os.environ.get("FPGM_EXT_BACKEND") == "reference":
+    pytest.skip("pruning logic is backend-independent; the timm models run once, on the "
+                "default backend", allow_module_level=True)
+
+RATE = 0.3
+IDEAL = 1 - (1 - RATE) ** 2   # a uniform rate removes about this much of a conv's weights
+
+# model -> the smallest parameter reduction accepted, as a fraction of IDEAL
+MODELS = {
+    "efficientnet_b0": 0.9,        # BatchNormAct2d, squeeze-excitation, depthwise
+    "mobilenetv3_large_100": 0.9,  # hard-swish, SE with hard-sigmoid gates
+    "regnety_002": 0.85,           # grouped convs, SE
+    "cspresnet50": 0.75,           # cross-stage partial: channel split and cat
+    "dla34": 0.9,                  # aggregation by cat
+    "vovnet39a": 0.9,              # one-shot aggregation
+    "repvgg_a0": 0.9,              # parallel 3x3 / 1x1 / identity branches
+    "lcnet_050": 0.9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_timm_model_pruned_exactly(name):
+    model = randomize(timm.create_model(name, pretrained=False, num_classes=10))
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    pruned, report = fpgm_ext.prune(model, x, rate_dist=RATE)
+    assert report.tracer == "fx"
+    assert report.params_reduction >= MODELS[name] * IDEAL, report.summary()
+    for g in report.left_alone:
+        assert g["left_alone"].strip()      # every group left alone says why
+    assert_exact(model, pruned, report.plan, x)
