@@ -46,7 +46,15 @@ class Plan:
         if d.get("version") != PLAN_VERSION:
             raise ValueError(f"fpgm_ext: plan version {d.get('version')} is not supported "
                              f"(this fpgm_ext reads version {PLAN_VERSION})")
-        return cls(modules=d["modules"], groups=d.get("groups", []), meta=d.get("meta", {}))
+        modules = d.get("modules")
+        if not isinstance(modules, dict):
+            raise ValueError("fpgm_ext: the plan has no 'modules' table")
+        for name, entry in modules.items():
+            _check_entry(name, entry)
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ValueError("fpgm_ext: the plan's 'meta' is not a table")
+        return cls(modules=modules, groups=d.get("groups", []), meta=meta)
 
     def to_json(self, indent=None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -57,8 +65,72 @@ class Plan:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Plan":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"fpgm_ext: {os.fspath(path)} is not a readable pruning plan "
+                             f"(truncated or corrupted JSON: {exc})") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in {os.fspath(path)})") from None
+
+
+def _check_entry(name: str, entry: Any) -> None:
+    """One entry of a plan's modules table: its sizes whole numbers, its index lists lists
+    of whole numbers (their range is checked against the model by apply_plan)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        raise ValueError(f"fpgm_ext: the plan's entry for module '{name}' is malformed (no type)")
+    for key in ("out", "in", "channels"):
+        idx = entry.get(key)
+        if idx is not None and (not isinstance(idx, list) or
+                                not all(isinstance(i, int) and not isinstance(i, bool) for i in idx)):
+            raise ValueError(f"fpgm_ext: the plan's entry for module '{name}' is malformed: "
+                             f"'{key}' must be a list of integers")
+    for key in ("out_size", "in_size", "size", "groups"):
+        v = entry.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"fpgm_ext: the plan's entry for module '{name}' is malformed: "
+                             f"'{key}' must be a positive integer")
+
+
+def architecture(model: nn.Module) -> Dict[str, List[Any]]:
+    """The fingerprint a plan keeps of the model it was made for: name -> [type, shape of
+    its weight or None] of every module holding tensors of its own (and every
+    PadShortcut), so that apply_plan can tell another architecture from this one."""
+    out: Dict[str, List[Any]] = {}
+    for name, m in model.named_modules():
+        own = next(iter(m.parameters(recurse=False)), None) is not None or \
+            next(iter(m.buffers(recurse=False)), None) is not None
+        if not own and not isinstance(m, PadShortcut):
+            continue
+        w = getattr(m, "weight", None)
+        out[name] = [type(m).__name__, list(w.shape) if isinstance(w, torch.Tensor) else None]
+    return out
+
+
+def _check_architecture(model: nn.Module, plan: "Plan") -> None:
+    want = plan.meta.get("architecture")
+    if want is None:    # a plan written before fingerprints: the entries are checked alone
+        return
+    have = architecture(model)
+    what = type(model).__name__
+    for name, (kind, shape) in want.items():
+        got = have.get(name)
+        if got is None:
+            raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this {what} (it was made "
+                             f"for another architecture): it has a {kind} '{name}', which this "
+                             f"{what} does not have")
+        if got != [kind, shape]:
+            raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this {what} (it was made "
+                             f"for another architecture): '{name}' is a {got[0]} with weight {got[1]} "
+                             f"here, a {kind} with weight {shape} in the plan's model")
+    extra = next((n for n in have if n not in want), None)
+    if extra is not None:
+        raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this {what} (it was made for "
+                         f"another architecture): this {what} has a {have[extra][0]} '{extra}', "
+                         "which the plan's model did not have")
 
 
 def _as_plan(plan) -> Plan:
@@ -78,6 +150,9 @@ def _indices(entry, key, size, name, device) -> torch.Tensor:
     t = torch.as_tensor(idx, dtype=torch.int64)
     if t.dim() != 1 or t.numel() == 0 or int(t.min()) < 0 or int(t.max()) >= size:
         raise ValueError(f"fpgm_ext.apply_plan: the plan's '{key}' indices of {name} do not fit its size {size}")
+    if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
+        raise ValueError(f"fpgm_ext.apply_plan: the plan's '{key}' indices of {name} are not "
+                         "increasing (each kept channel once, in order)")
     return t.to(device)
 
 
@@ -130,6 +205,7 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
     through its flattened ``[out * in, k]`` view with one combined index.
     """
     plan = _as_plan(plan)
+    _check_architecture(model, plan)
     gather_channels = _gather_channels if ops is None else ops.gather_channels
     if not inplace:
         model = _copy_for_surgery(model, plan)

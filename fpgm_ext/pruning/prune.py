@@ -15,7 +15,7 @@ from . import graph as _graph
 from . import flops as _flops
 from . import target as _target
 from .layers import PadShortcut
-from .plan import Plan, apply_plan
+from .plan import Plan, apply_plan, architecture
 from .report import LayerStat, PruneReport
 
 
@@ -237,7 +237,7 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
     meta = {"model": type(model).__name__, "rate_dist": rate_dist, "rate_norm": rate_norm,
             "metric": metric, "prune_residual": prune_residual, "min_channels": min_channels,
             "round_to": round_to, "ignore": ignore, "tracer": analysis.tracer,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "architecture": architecture(model)}
     return _build_plan(analysis, frozen, kept, meta)
 
 
