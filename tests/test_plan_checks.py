@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 import fpgm_ext
 from fpgm_ext.pruning import Plan
@@ -64,3 +65,30 @@ def test_bad_indices_name_the_module(plan18, indices, match):
     d["modules"]["conv1"]["out"] = indices
     with pytest.raises(ValueError, match=r"of conv1 " + match if "fit" in match else match):
         fpgm_ext.apply_plan(torchvision.models.resnet18(num_classes=10), d)
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: neither torch.fx nor torch.export can trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = self.features(x).mean((2, 3))
+        if int((y > 0).sum()) > 3:
+            y = y * 2
+        return self.head(y)
+
+
+def test_untraceable_model_one_line_and_a_hint(capfd):
+    with pytest.raises(fpgm_ext.pruning.TraceFailure) as info:
+        fpgm_ext.prune(Untraceable(), torch.randn(1, 3, 8, 8))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 800
+    assert "torch.fx failed" in message and "torch.export failed" in message
+    assert "fpgm_ext.prune(model.features" in message
+    assert info.value.export_error is not None and info.value.__cause__ is None
+    err = capfd.readouterr().err
+    assert len([line for line in err.splitlines() if "No CUDA runtime" not in line]) <= 2, err[:2000]

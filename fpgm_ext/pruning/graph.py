@@ -38,6 +38,8 @@ consumer see exactly zero in those channels; then removing them changes nothing.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 
 import math
 import operator
@@ -129,7 +131,46 @@ class Analysis:
 
 
 class TraceFailure(RuntimeError):
-    pass
+    """The model could not be traced. The message is one line; the tracers' own errors,
+    which can run to pages (torch.export prints the graph it got stuck in), are kept as
+    ``fx_error`` and ``export_error``."""
+
+    def __init__(self, message: str, fx_error=None, export_error=None):
+        super().__init__(message)
+        self.fx_error, self.export_error = fx_error, export_error
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def _hint(model: nn.Module) -> str:
+    """Where to prune instead: the submodule holding most of the convolutions' weights (a
+    detection model's backbone), else most of the parameters."""
+    def weight(m: nn.Module):
+        convs = sum(c.weight.numel() for c in m.modules() if isinstance(c, _CONV))
+        return convs, sum(p.numel() for p in m.parameters())
+
+    children = [(weight(m), n) for n, m in model.named_children()]
+    if not children or max(children)[0] == (0, 0):
+        return ""
+    return (f"; prune a part that traces instead, e.g. its largest convolutional submodule: "
+            f"fpgm_ext.prune(model.{max(children)[1]}, an input of that part)")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.export logs, and writes to stderr, the whole graph it failed on: silenced
+    for the attempt (the error keeps it)."""
+    old = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(old)
 
 
 # ------------------------------------------------------------------------ op tables
@@ -265,20 +306,22 @@ def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=Non
             fx_error = exc
             if method == "fx":
                 raise TraceFailure(f"torch.fx could not trace {type(model).__name__}: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+                                   f"{_first_line(exc)}{_hint(model)}", fx_error=exc) from None
         else:
             shapes = _fx_shapes(gm, model, example_inputs, flops) if example_inputs is not None else {}
             return gm.graph, shapes, "fx", {}, gm
     if example_inputs is None:
         raise TraceFailure(
-            f"torch.fx could not trace {type(model).__name__} ({type(fx_error).__name__}: {fx_error}); "
-            "pass example_inputs so that torch.export can trace it instead")
+            f"torch.fx could not trace {type(model).__name__} ({_first_line(fx_error)}); "
+            "pass example_inputs so that torch.export can trace it instead", fx_error=fx_error)
     try:
-        ep = _export(model, example_inputs)
+        with _quiet():
+            ep = _export(model, example_inputs)
     except Exception as exc:
-        before = f"torch.fx failed ({type(fx_error).__name__}: {fx_error}), then " if fx_error else ""
-        raise TraceFailure(f"fpgm_ext.prune: {before}torch.export failed on {type(model).__name__}: "
-                           f"{type(exc).__name__}: {exc}") from exc
+        before = f"torch.fx failed ({_first_line(fx_error)}), then " if fx_error else ""
+        raise TraceFailure(f"fpgm_ext.prune: {before}torch.export failed on {type(model).__name__} "
+                           f"({_first_line(exc)}){_hint(model)}", fx_error=fx_error,
+                           export_error=exc) from None
     sig = ep.graph_signature
     names = dict(sig.inputs_to_parameters)
     names.update(sig.inputs_to_buffers)
