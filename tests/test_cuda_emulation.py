@@ -8,6 +8,8 @@ thread. Odd sizes on purpose: N and D off the 64 x 16 tiles, N = 1, D = 1, many 
 """
 from __future__ import annotations
 
+import os
+
 import zlib
 
 import numpy as np
@@ -18,6 +20,10 @@ from fpgm_ext.testing import metrics, random_filters, score_rtol
 
 import emulation
 import oracle
+
+if os.environ.get("FPGM_EXT_BACKEND") == "reference":
+    pytest.skip("the emulation runs the device code itself, whichever backend serves the ops; "
+                "it runs once, on the default backend", allow_module_level=True)
 
 pytestmark = pytest.mark.skipif(emulation.compiler() is None, reason="no C++ compiler")
 
@@ -108,6 +114,24 @@ def test_scores_clustered(emu, metric, order, split):
     kwargs = {"target_blocks": 64} if split else {}
     got = emu.distance([_host(w)], metric, "float32", **kwargs)[0]
     assert_scores_close(got, w, metric, 1e-5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+@pytest.mark.parametrize("matrix", [False, True])
+def test_many_close_pairs_warp_recompute(emu, metric, matrix):
+    """SoftFPGM re-scores layers with 30-40 % of the filters zeroed, and near-duplicates come
+    in clusters: most pairs of a warp are close, several per lane, recomputed by the whole
+    warp together (ballot, shuffles)."""
+    g = _gen("softfpgm")
+    w = torch.randn(150, 300, generator=g)
+    w[torch.randperm(150, generator=g)[:55]] = 0          # 37 % zeroed filters
+    w[100:130] = w[100] + 1e-4 * torch.randn(30, 300, generator=g)   # a tight cluster
+    got = emu.distance([_host(w)], metric, "float32", matrix=matrix)[0]
+    if matrix:
+        ref = oracle.matrix(w, metric)
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    else:
+        assert_scores_close(got, w, metric, 1e-5)
 
 
 @pytest.mark.parametrize("metric", metrics)

@@ -8,6 +8,10 @@
 // - __shared__ is `static`: one copy, shared by the threads of the block that runs.
 // - __syncthreads() is a C++20 std::barrier of the block; a thread that returns from the
 //   kernel calls arrive_and_drop(), as exited threads count as arrived on a GPU.
+// - Warp intrinsics (__shfl_sync, __shfl_xor_sync, __ballot_sync; full mask only): each
+//   warp of the block has its own std::barrier and a slot per lane; a lane writes its
+//   value, the warp meets, each lane reads the slot it asks for, the warp meets again. A
+//   thread that returns drops out of its warp's barrier too.
 // - atomicAdd / atomicOr are std::atomic_ref read-modify-writes.
 // - FPGM_INDEX_ASSERT (a device-side assert) records the failure and lets the kernel go
 //   on; the shim reports it as an error after the launch.
@@ -18,6 +22,7 @@
 
 #include <math.h>
 
+#include <algorithm>
 #include <atomic>
 #include <barrier>
 #include <condition_variable>
@@ -43,6 +48,8 @@ inline thread_local dim3 thread_index;
 inline thread_local dim3 block_index;
 inline dim3 block_dim, grid_dim;
 inline std::barrier<>* block_barrier = nullptr;
+inline std::vector<std::optional<std::barrier<>>>* warp_barriers = nullptr;  // per warp
+inline std::vector<unsigned long long> warp_slots;                           // per thread
 inline std::mutex launch_mutex;  // one launch at a time (the globals above are its state)
 
 struct Record {
@@ -130,13 +137,18 @@ void launch(Kernel kernel, long long blocks, int threads, Args... args) {
   block_dim = dim3(static_cast<unsigned int>(threads));
   grid_dim = dim3(static_cast<unsigned int>(blocks));
   std::optional<std::barrier<>> barrier;
+  std::vector<std::optional<std::barrier<>>> warps((threads + 31) / 32);
+  warp_slots.assign(static_cast<size_t>(threads), 0);
   long long current = -1;
-  // Runs once all threads are between blocks: the next block gets a fresh barrier.
+  // Runs once all threads are between blocks: the next block gets fresh barriers.
   auto next_block = [&]() noexcept {
     ++current;
     if (current < blocks) {
       barrier.emplace(threads);
       block_barrier = &*barrier;
+      for (size_t w = 0; w < warps.size(); ++w)
+        warps[w].emplace(std::min<int>(32, threads - static_cast<int>(w) * 32));
+      warp_barriers = &warps;
     }
   };
   std::barrier<decltype(next_block)> between_blocks(threads, next_block);
@@ -147,10 +159,39 @@ void launch(Kernel kernel, long long blocks, int threads, Args... args) {
       block_index = dim3(static_cast<unsigned int>(current));
       kernel(args...);
       barrier->arrive_and_drop();  // returned from the kernel: counts as arrived
+      (*warp_barriers)[thread_index.x / 32]->arrive_and_drop();
     }
   };
   pool().run(threads, job);
   block_barrier = nullptr;
+  warp_barriers = nullptr;
+}
+
+// One exchange between the lanes of the calling thread's warp: every lane publishes
+// `mine`, then reads what `pick(lane)` names (a lane index of the warp).
+template <typename Pick>
+inline unsigned long long warp_exchange(unsigned long long mine, Pick pick) {
+  const unsigned int t = thread_index.x, base = t / 32 * 32;
+  std::barrier<>& w = *(*warp_barriers)[t / 32];
+  warp_slots[t] = mine;
+  w.arrive_and_wait();
+  const unsigned long long got = pick(base);
+  w.arrive_and_wait();
+  return got;
+}
+
+template <typename T>
+inline unsigned long long to_bits(T v) {
+  static_assert(sizeof(T) <= 8, "a warp slot holds 8 bytes");
+  unsigned long long b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+template <typename T>
+inline T from_bits(unsigned long long b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
 }
 
 // Host stand-ins for CUDA's half and bfloat16 (storage + conversion to float).
@@ -206,6 +247,32 @@ struct bfloat16 {
 #define gridDim (::emu::grid_dim)
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+
+constexpr unsigned int kFullMask = 0xffffffffu;
+
+template <typename T>
+inline T __shfl_sync(unsigned int mask, T value, int src_lane) {
+  if (mask != kFullMask) emu::device_assert_failed("emulation: warp intrinsics need the full mask");
+  return emu::from_bits<T>(emu::warp_exchange(
+      emu::to_bits(value), [&](unsigned int base) { return emu::warp_slots[base + (src_lane & 31)]; }));
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask) {
+  if (mask != kFullMask) emu::device_assert_failed("emulation: warp intrinsics need the full mask");
+  const unsigned int lane = threadIdx.x % 32;
+  return emu::from_bits<T>(emu::warp_exchange(
+      emu::to_bits(value), [&](unsigned int base) { return emu::warp_slots[base + (lane ^ lane_mask)]; }));
+}
+inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
+  if (mask != kFullMask) emu::device_assert_failed("emulation: warp intrinsics need the full mask");
+  return static_cast<unsigned int>(emu::warp_exchange(predicate != 0, [&](unsigned int base) {
+    unsigned long long bits = 0;
+    for (unsigned int l = 0; l < 32 && base + l < emu::warp_slots.size(); ++l)
+      if (emu::warp_slots[base + l]) bits |= 1ull << l;
+    return bits;
+  }));
+}
+inline int __ffs(unsigned int x) { return __builtin_ffs(static_cast<int>(x)); }
 
 template <typename T>
 inline T atomicAdd(T* address, T value) {

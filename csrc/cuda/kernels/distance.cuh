@@ -207,29 +207,58 @@ __global__ void __launch_bounds__(kRowThreads) prepare_rows_kernel(DistanceArgs<
   if (threadIdx.x == 0) a.sq[r] = sq;
 }
 
-// The distance of rows r, c (global row indices) of layer L from their Gram entry g (l2,
-// cos). Filters in tight clusters away from the centre (near-duplicates, the case FPGM
-// exists for) leave d^2 = sq_r + sq_c - 2g a small difference of large terms that has
-// cancelled: such a close pair (accuracy::is_close_pair) is recomputed from the prepared
-// rows, sum (a - b)^2 in float64, as the CPU kernel does. Such pairs are rare outside
-// clustered layers; each costs one thread a pass over the two rows.
-
+// The distance of rows r, c (global row indices) from their Gram entry g (l2, cos), or -1
+// for a close pair: filters in tight clusters away from the centre (near-duplicates, the
+// case FPGM exists for) leave d^2 = sq_r + sq_c - 2g a small difference of large terms that
+// has cancelled (accuracy::is_close_pair); close_pair_distances recomputes those.
 template <typename acc_t>
-__device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, const LayerDesc& L,
-                                                long long r, long long c, double g) {
+__device__ __forceinline__ double gram_distance(const DistanceArgs<acc_t>& a, long long r,
+                                                long long c, double g) {
   if (a.metric == kMetricCos && (a.zero[r] || a.zero[c])) return 1.0;  // zero row: distance 1
   const double sum_sq = a.sq[r] + a.sq[c];
-  double d2 = sum_sq - 2.0 * g;
-  if (accuracy::is_close_pair(d2, sum_sq)) {
-    const acc_t* x = a.rows + L.elem_off + (r - L.row_off) * L.ld;
-    const acc_t* y = a.rows + L.elem_off + (c - L.row_off) * L.ld;
-    d2 = 0.0;
-    for (long long k = 0; k < L.d; ++k) {
+  const double d2 = sum_sq - 2.0 * g;
+  if (accuracy::is_close_pair(d2, sum_sq)) return -1.0;
+  return a.metric == kMetricL2 ? accuracy::l2_from_d2(d2) : accuracy::cos_from_d2(d2);
+}
+
+// The close pairs of the tile that the threads of a warp own (bit i * 4 + j of `pending`:
+// the thread's pair (i, j)), recomputed from the prepared rows, sum (a - b)^2 in float64,
+// by the whole warp together: one pair at a time, the lanes reading the two rows in
+// coalesced strides of 32 columns and adding their partial sums with shuffles. (A thread
+// alone would run its pairs serially while the other 31 lanes wait; exact-zero filters
+// and SoftFPGM's zeroed ones are all close pairs.) Every thread of the warp calls it.
+template <typename acc_t>
+__device__ __forceinline__ void close_pair_distances(const DistanceArgs<acc_t>& a,
+                                                     const LayerDesc& L, long long i0,
+                                                     long long j0, unsigned int pending,
+                                                     double (&dist)[4][4]) {
+  constexpr unsigned int kAll = 0xffffffffu;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % 32;
+  for (;;) {
+    const unsigned int owners = __ballot_sync(kAll, pending != 0u);
+    if (owners == 0u) return;
+    const int src = __ffs(owners) - 1;
+    const int bit = __shfl_sync(kAll, pending != 0u ? __ffs(pending) - 1 : 0, src);
+    const int owner = tid - lane + src;  // the owner's (ty, tx) = (owner / 16, owner % 16)
+    const long long r = i0 + (owner / 16) * 4 + bit / 4;
+    const long long c = j0 + (owner % 16) * 4 + bit % 4;
+    const acc_t* x = a.rows + L.elem_off + r * L.ld;
+    const acc_t* y = a.rows + L.elem_off + c * L.ld;
+    double part = 0.0;
+    for (long long k = lane; k < L.d; k += 32) {
       const double diff = static_cast<double>(x[k]) - static_cast<double>(y[k]);
-      d2 += diff * diff;
+      part = fused_mul_add(diff, diff, part);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) part += __shfl_xor_sync(kAll, part, offset);
+    if (lane == src) {
+      const double d = a.metric == kMetricL2 ? accuracy::l2_from_d2(part) : accuracy::cos_from_d2(part);
+#pragma unroll
+      for (int q = 0; q < 16; ++q)  // a constant index for each entry: dist stays in registers
+        if (q == bit) dist[q / 4][q % 4] = d;
+      pending &= pending - 1u;  // the lowest bit: the pair just done
     }
   }
-  return a.metric == kMetricL2 ? accuracy::l2_from_d2(d2) : accuracy::cos_from_d2(d2);
 }
 
 // The distance of rows r, c from sum (a - b)^2 over their columns (direct path).
@@ -291,6 +320,29 @@ __device__ __forceinline__ void tile_finish(const DistanceArgs<acc_t>& a, int la
   const int tid = static_cast<int>(threadIdx.x);
   const int tx = tid % 16, ty = tid / 16;
   acc_t* out = static_cast<acc_t*>(L.out);
+  double dist[4][4];
+  unsigned int pending = 0u;  // close pairs (Gram path), bit i * 4 + j
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const long long r = i0 + ty * 4 + i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const long long c = j0 + tx * 4 + j;
+      dist[i][j] = 0.0;
+      if (r >= n || c >= n || (diag && c <= r)) continue;
+      if constexpr (kL1) {
+        dist[i][j] = total[i][j];
+      } else if (L.direct) {
+        dist[i][j] = direct_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
+      } else {
+        dist[i][j] = gram_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
+        if (dist[i][j] < 0.0) pending |= 1u << (i * 4 + j);
+      }
+    }
+  }
+  if constexpr (!kL1) {
+    if (!L.direct) close_pair_distances(a, L, i0, j0, pending, dist);  // the same for the block
+  }
   double rowp[4] = {0.0, 0.0, 0.0, 0.0}, colp[4] = {0.0, 0.0, 0.0, 0.0};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -299,22 +351,17 @@ __device__ __forceinline__ void tile_finish(const DistanceArgs<acc_t>& a, int la
     for (int j = 0; j < 4; ++j) {
       const long long c = j0 + tx * 4 + j;
       const bool valid = r < n && c < n && (!diag || c > r);
-      double dist = 0.0;
-      if (valid) {
-        if constexpr (kL1) dist = total[i][j];
-        else if (L.direct) dist = direct_distance(a, L.row_off + r, L.row_off + c, total[i][j]);
-        else dist = gram_distance(a, L, L.row_off + r, L.row_off + c, total[i][j]);
-      }
+      const double d = dist[i][j];
       if constexpr (kMatrix) {
         if (valid) {
-          out[r * n + c] = static_cast<acc_t>(dist);
-          out[c * n + r] = static_cast<acc_t>(dist);
+          out[r * n + c] = static_cast<acc_t>(d);
+          out[c * n + r] = static_cast<acc_t>(d);
         } else if (diag && r == c && r < n) {
           out[r * n + r] = 0;
         }
       } else {
-        rowp[i] += dist;
-        colp[j] += dist;
+        rowp[i] += d;
+        colp[j] += d;
       }
     }
   }
