@@ -13,18 +13,50 @@
 #   bash bench/gpu_check.sh --dry   # anywhere, no GPU: syntax, and the benchmark logic on
 #                                   # the CPU with tiny sizes; exits 0 when all is well
 # Environment: PYTHON (default: .venv/bin/python if present, else python3), CUDA_HOME
-# (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default nproc).
+# (default /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default nproc),
+# OUT (a folder: when set, this script's whole output and the build, test and benchmark
+# logs are also written there, so they come back from a remote run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 step() { echo; echo "=== [$((SECONDS - start))s] $*"; }
+LOGDIR="${OUT:-${TMPDIR:-/tmp}}"
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"
+  exec > >(tee "$OUT/gpu_check.log") 2>&1
+fi
 
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=$(command -v python3 || command -v python); fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # bench/gpu_bench.py imports fpgm_ext
 
+# What the build and the tests need, said in one place before minutes go into a build:
+# Python headers, ninja (parallel nvcc), pytest, numpy, scipy; cupy is reported only.
+preflight() {
+  "$PYTHON" - <<'PREFLIGHT'
+import importlib.util, os, shutil, sys, sysconfig
+missing = []
+headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+if not os.path.exists(headers):
+    missing.append(f"the Python headers ({headers}; e.g. apt install python3-dev)")
+for module in ("torch", "pytest", "numpy", "scipy"):
+    if importlib.util.find_spec(module) is None:
+        missing.append(module)
+if shutil.which("ninja") is None and importlib.util.find_spec("ninja") is None:
+    missing.append("ninja (without it nvcc compiles the .cu files one by one)")
+cupy = importlib.util.find_spec("cupy") is not None
+print("preflight: python", sys.version.split()[0], "| cupy", "present" if cupy else "absent (optional)")
+if missing:
+    print("MISSING: " + "; ".join(missing))
+    sys.exit(1)
+print("preflight: ok")
+PREFLIGHT
+}
+
 if [[ "${1:-}" == "--dry" ]]; then
+  step "dry run: preflight"
+  preflight || exit 1
   step "dry run: syntax of this script and of the Python it runs"
   bash -n "$0" || exit 1
   "$PYTHON" - bench/gpu_bench.py tests/test_cuda.py <<'EOF' || exit 1
@@ -45,8 +77,11 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, \
 '| CUDA', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 
+step "preflight"
+preflight || exit 1
+
 step "build: pip install --no-build-isolation --no-deps -e . (FPGM_EXT_CUDA=1)"
-log="${TMPDIR:-/tmp}/fpgm_ext_gpu_build.$$.log"
+log="$LOGDIR/fpgm_ext_gpu_build.$$.log"
 if ! FPGM_EXT_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
     "$PYTHON" -m pip install -v --no-build-isolation --no-deps -e . >"$log" 2>&1; then
   grep -v "^WARNING: Location" "$log" | tail -n 60
@@ -71,6 +106,7 @@ tail -n 40 "$log.tests"
 
 step "GPU benchmarks: bench/gpu_bench.py"
 bench_rc=0
-timeout 240 "$PYTHON" bench/gpu_bench.py || bench_rc=$?
+timeout 240 "$PYTHON" bench/gpu_bench.py 2>&1 | tee "$LOGDIR/gpu_bench.txt"
+bench_rc=${PIPESTATUS[0]}
 echo "[$((SECONDS - start))s] tests rc=$tests_rc, bench rc=$bench_rc (table above)" >&2
 [[ $tests_rc -eq 0 && $bench_rc -eq 0 ]]
