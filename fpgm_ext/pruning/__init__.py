@@ -10,7 +10,9 @@ prune.py  prune(): scores (one distance_scores_multi call), the two-stage select
           make_plan(): the plan alone, no surgery (SoftFPGM re-plans every epoch)
 plan.py   Plan (JSON) and apply_plan(): the surgery (one gather_channels call);
           pruned_masks() / zero_pruned(): the same channels zeroed in place instead
-flops.py  measured FLOPs and parameters (FlopCounterMode)
+flops.py  measured FLOPs and parameters (FlopCounterMode), counted during the analysis's
+          forward and derived for the pruned model where every FLOP is a conv's or linear's
+target.py target_flops / target_params: the uniform rate_dist that reaches a reduction
 report.py PruneReport
 layers.py PadShortcut, the CIFAR ResNets' parameter-free shortcut, prunable by mapping
 
