@@ -1,6 +1,6 @@
 """fpgm_ext.prune on timm models (pretrained=False, nothing downloaded) with default
 settings: traced with torch.fx, where timm's norm layers call F.batch_norm on their own
-tensors; each model pruned exactly (the outputs of the original with its pruned channels
+tensors and token models apply their MLPs to [B, T, C]; each model pruned exactly (the outputs of the original with its pruned channels
 zeroed) and by about the uniform rate's reduction. Skipped without timm."""
 import os
 
@@ -29,13 +29,21 @@ MODELS = {
     "vovnet39a": 0.9,              # one-shot aggregation
     "repvgg_a0": 0.9,              # parallel 3x3 / 1x1 / identity branches
     "lcnet_050": 0.9,
+    "vit_tiny_patch16_224": 0.35,  # token MLP hidden dims (the LayerNorm stream stays whole)
+    "mixer_s16_224": 0.5,          # token-mixing and channel-mixing MLPs
 }
+TOKENS = {"vit_tiny_patch16_224", "mixer_s16_224"}   # built at 64 x 64: 16 tokens
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_timm_model_pruned_exactly(name):
-    model = randomize(timm.create_model(name, pretrained=False, num_classes=10))
-    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    kwargs = {"img_size": 64} if name in TOKENS else {}
+    model = randomize(timm.create_model(name, pretrained=False, num_classes=10, **kwargs))
+    head = model.get_classifier()
+    if isinstance(head, torch.nn.Linear) and not head.weight.any():   # zero-initialised heads
+        torch.nn.init.normal_(head.weight, std=0.1)
+    size = 64 if name in TOKENS else 96
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     pruned, report = fpgm_ext.prune(model, x, rate_dist=RATE)
     assert report.tracer == "fx"
     assert report.params_reduction >= MODELS[name] * IDEAL, report.summary()

@@ -18,7 +18,11 @@ are joined into a *group*:
   the group is then pruned in units of whole conv groups (``units``);
 - ``torch.cat`` along channels makes no join: the consumer's input channels are the
   concatenated spaces at their offsets (DenseNet);
-- flatten into a ``Linear``: each channel expands to the ``H*W`` features it became.
+- flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
+- a ``Linear`` on an input of rank >= 3 ([B, T, C] tokens, [B, H, W, C] channels-last)
+  works on the last dimension: its output's layout is marked ``Val.last`` and may only
+  pass elementwise ops into the next ``Linear`` (the hidden dimension of an MLP); any
+  other op leaves it alone.
 
 A space is *frozen* (left unpruned, with the reason recorded) when its channels reach
 anything the analysis does not understand: an op it does not know (reported by name),
@@ -78,6 +82,8 @@ class Val:
     factor: Optional[int] = 1    # features per channel after a flatten (None: not yet known)
     rank: Optional[int] = None
     tensor: bool = True
+    last: bool = False           # the segs lay out the LAST dimension, not dim 1: the output
+                                 # of a Linear on an input of rank >= 3 (tokens, channels-last)
 
 
 @dataclass(frozen=True)
@@ -452,6 +458,19 @@ class _Analyzer:
         return Val((Seg(use.out_space),), 1, rank)
 
     def linear(self, node, name: str, m: nn.Linear, x: Val) -> Val:
+        if x.rank is not None and x.rank >= 3:
+            # The features are the last dimension ([B, T, C] tokens, [B, H, W, C] channels
+            # last): the input's last-dimension space is consumed when it is one (another
+            # Linear's output, the hidden dimension of an MLP), and the output's last
+            # dimension is this layer's own space, for the next Linear to consume.
+            if x.last and x.factor == 1 and self.size(x) == m.in_features:
+                self.consume(x, name)
+                use = self.record(name, m, "linear", x, out_size=m.out_features)
+            else:
+                self.freeze(x, f"{name} (Linear) reads the last dimension of an input whose "
+                               "channels are elsewhere")
+                use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+            return Val((Seg(use.out_space),), 1, x.rank, last=True)
         if x.rank != 2:
             why = "of unknown rank (pass example_inputs)" if x.rank is None else f"of rank {x.rank}"
             reason = f"{name} (Linear) is applied to an input {why}; only [N, features] inputs are pruned"
@@ -692,6 +711,34 @@ def _arg(args, kwargs, i, name, default=None):
     return kwargs.get(name, default)
 
 
+# A value laid out along its last dimension (Val.last) goes only through ops that act on
+# each element alone, into a Linear; anything else (pooling, reshapes, reductions,
+# additions, norms) leaves its channels alone, by name.
+_ELEMENTWISE_MODULES = tuple(m for m in _PASS_MODULES if not issubclass(m, (
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Upsample, nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)))
+_ELEMENTWISE_FUNCS = {f for f in _PASS_FUNCS if "pool" not in getattr(f, "__name__", "")
+                      and f is not F.interpolate}
+_ELEMENTWISE_EXPORT = {"relu", "relu_", "gelu", "silu", "silu_", "hardswish", "mish", "tanh",
+                       "dropout", "clone", "alias", "contiguous"}
+
+
+def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear):
+    """The rule for an op some of whose inputs are laid out along their last dimension:
+    None when no input is; the input itself through an elementwise op (its only tensor);
+    ``linear()`` for a Linear (which knows the layout); else the inputs are left alone."""
+    vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, (Val, Tup))]
+    if not any(isinstance(v, Val) and v.last for v in vals):
+        return None
+    if linear is not None:
+        return linear()
+    if elementwise and len(vals) == 1:
+        return vals[0]
+    return A.unknown(node, f"{node.target} on a last-dimension layout", (args, kwargs))
+
+
 def _fx_owner(A: _Analyzer, node_arg, attr: str):
     """(name, module) when ``node_arg`` is a get_attr of ``attr`` of a module of the model
     (as ``module.<attr>``); else (None, None). The module comes from the model itself: the
@@ -758,7 +805,22 @@ def _visit_fx(A: _Analyzer, node, gm):
         A.freeze(args, "it reaches the model's output")
         return None
     if op == "call_module":
-        return A.call_module(node, target, gm.get_submodule(target), args, kwargs)
+        m = gm.get_submodule(target)
+        out = _last_axis(A, node, args, kwargs, isinstance(m, _ELEMENTWISE_MODULES),
+                         (lambda: A.call_module(node, target, m, args, kwargs))
+                         if isinstance(m, nn.Linear) else None)
+        return out if out is not None else A.call_module(node, target, m, args, kwargs)
+    shape_query = (op == "call_function" and target is getattr) or \
+        (op == "call_method" and target in _NONTENSOR_METHODS)
+    if op in ("call_function", "call_method") and not shape_query:
+        functional_linear = op == "call_function" and target is F.linear
+        out = _last_axis(A, node, args, kwargs,
+                         target in _ELEMENTWISE_FUNCS if op == "call_function" else
+                         target in _PASS_METHODS,
+                         (lambda: _fx_functional(A, node, target, args[0], args, kwargs) or
+                          A.unknown(node, "F.linear", (args, kwargs))) if functional_linear else None)
+        if out is not None:
+            return out
     x = args[0] if args else None
     tensor_in = isinstance(x, Val) and x.tensor
     if op == "call_method":
@@ -859,6 +921,11 @@ def _visit_export(A: _Analyzer, node, user_inputs):
         return None
     if node.op != "call_function":
         return A.unknown(node, node.op, (args, kwargs))
+    name_of = getattr(node.target, "_opname", None) or getattr(node.target, "__name__", "")
+    if name_of not in ("linear", "sym_size", "sym_numel", "sym_stride"):
+        out = _last_axis(A, node, args, kwargs, name_of in _ELEMENTWISE_EXPORT, None)
+        if out is not None:
+            return out
     if node.target is operator.getitem:
         return A.getitem(node, args[0], args[1])
     target = node.target
