@@ -121,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ideal = 1 - (1 - args.rate) ** 2
     mean = statistics.mean(r["params"] for r in done) if done else 0.0
     worst = max((r["error"] for r in done), default=0.0)
-    summary = (f"{len(done)} of {len(rows)} models ran ; parameters removed {100 * mean:.1f} % on "
+    summary = (f"{len(done)} of {len(rows)} models ran; parameters removed {100 * mean:.1f} % on "
                f"average, {mean / ideal:.2f} of the ideal {100 * ideal:.0f} % at rate_dist {args.rate}; "
                f"largest exactness error {worst:.1e}.")
     print("\n" + summary)
