@@ -60,6 +60,7 @@ def _test_helpers():
 def run_model(name: str, rate: float, randomize, zeroed) -> dict:
     import timm
 
+    torch.manual_seed(0)  # timm draws the initial weights from the global generator
     model = randomize(timm.create_model(name, pretrained=False, num_classes=10))
     head = model.get_classifier()
     if isinstance(head, torch.nn.Linear) and not head.weight.any():
