@@ -101,20 +101,28 @@ def weight_sizes(model: nn.Module) -> Dict[str, int]:
     return {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, _COUNTED)}
 
 
-def derive_pruned(before: Measurement, sizes_before: Dict[str, int],
-                  pruned: nn.Module) -> Optional[Measurement]:
-    """The measurement of the pruned model from ``before`` (a ``FlopRecorder``
-    measurement: all FLOPs in conv and linear layers): each layer's FLOPs scale with its
-    weight's size, exactly (FlopCounterMode counts 2 x batch x output positions x
-    weight.numel() for a conv, 2 x rows x weight.numel() for a linear). None when a count
-    is not a whole multiple of the old size (then measure for real)."""
-    modules = dict(pruned.named_modules())
+def scaled_flops(before: Measurement, sizes_before: Dict[str, int],
+                 sizes_after: Dict[str, int]) -> Optional[Dict[str, int]]:
+    """Each layer's FLOPs of ``before`` (a ``FlopRecorder`` measurement: all FLOPs in conv
+    and linear layers) scaled from its weight's size before to after, exactly
+    (FlopCounterMode counts 2 x batch x output positions x weight.numel() for a conv,
+    2 x rows x weight.numel() for a linear). None when a layer is missing from either
+    table or its count is not a whole multiple of the old size (then measure for real)."""
     layer_flops = {}
     for name, flops in before.layer_flops.items():
-        old, m = sizes_before.get(name), modules.get(name)
-        if not old or not isinstance(m, _COUNTED) or flops % old:
+        old, new = sizes_before.get(name), sizes_after.get(name)
+        if not old or new is None or flops % old:
             return None
-        layer_flops[name] = flops // old * m.weight.numel()
+        layer_flops[name] = flops // old * new
+    return layer_flops
+
+
+def derive_pruned(before: Measurement, sizes_before: Dict[str, int],
+                  pruned: nn.Module) -> Optional[Measurement]:
+    """The measurement of the pruned model from ``before`` (``scaled_flops``), or None."""
+    layer_flops = scaled_flops(before, sizes_before, weight_sizes(pruned))
+    if layer_flops is None:
+        return None
     params, layer_params = _params(pruned)
     return Measurement(sum(layer_flops.values()), params, layer_flops, layer_params)
 

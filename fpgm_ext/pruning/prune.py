@@ -374,8 +374,9 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         def reduction(plan):
             if goal[0] == "params":
                 return 1.0 - _target.planned_params(model, plan, params_before) / params_before
-            if sizes is not None:
-                return 1.0 - _target.planned_flops(before, sizes, model, plan) / before.flops
+            flops_after = _target.planned_flops(before, sizes, model, plan) if sizes is not None else None
+            if flops_after is not None:
+                return 1.0 - flops_after / before.flops
             pruned_copy = apply_plan(model, plan, ops=ops)   # FLOPs outside conv/linear layers
             return 1.0 - _flops.measure(pruned_copy, example_inputs).flops / before.flops
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
-from .flops import Measurement, derive_weight_sizes
+from .flops import Measurement, derive_weight_sizes, scaled_flops
 from .plan import Plan
 
 _TOLERANCE = 0.01  # a target counts as met within 1 % (absolute) of the reduction asked
@@ -57,16 +57,11 @@ def planned_params(model: nn.Module, plan: Plan, params_before: int) -> int:
 
 
 def planned_flops(before: Measurement, sizes_before: Dict[str, int], model: nn.Module,
-                  plan: Plan) -> int:
-    """FLOPs once ``plan`` is applied, from ``before`` (every FLOP in a conv or linear
-    layer, as ``FlopRecorder.measurement`` guarantees): each layer's count scales with its
-    weight's size."""
-    new_sizes = derive_weight_sizes(model, plan)
-    total = 0
-    for name, flops in before.layer_flops.items():
-        old = sizes_before[name]
-        total += flops // old * new_sizes.get(name, old)
-    return total
+                  plan: Plan) -> Optional[int]:
+    """FLOPs once ``plan`` is applied, from ``before`` (``flops.scaled_flops``: every FLOP in a
+    conv or linear layer), or None when they cannot be derived (then measure for real)."""
+    layer_flops = scaled_flops(before, sizes_before, {**sizes_before, **derive_weight_sizes(model, plan)})
+    return None if layer_flops is None else sum(layer_flops.values())
 
 
 def search(plan_at: Callable[[float], Plan], reduction: Callable[[Plan], float], kind: str,
