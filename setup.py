@@ -57,7 +57,7 @@ def _want_cuda():
 def extensions():
     with_cuda, why = _want_cuda()
     debug = os.environ.get("FPGM_EXT_DEBUG") == "1"
-    sources = [os.path.join("csrc", f) for f in ("ops.cpp", "build_info.cpp", "python_module.cpp")]
+    sources = [os.path.join("csrc", f) for f in ("ops.cpp", "build_info.cpp", "python_module.cpp", "device_plans.cpp")]
     sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
     if with_cuda and not arch and not torch.cuda.is_available():

@@ -3,6 +3,11 @@
 Order: FPGM_EXT_BACKEND=reference forces the fallback; FPGM_EXT_LIBRARY=/path/lib.so loads
 a library built by CMake; otherwise the extension module fpgm_ext._C. A failed load warns
 once and falls back; it never raises at import.
+
+CUDA tensors: the library's CUDA kernels when it has them; else the same kernels compiled
+at run time by the CuPy backend (fpgm_ext.cupy_backend) when CuPy is installed; else the
+reference kernels. FPGM_EXT_BACKEND=cupy puts the CuPy backend on the CUDA key even over
+compiled kernels (to compare the two on a GPU).
 """
 from __future__ import annotations
 
@@ -42,6 +47,21 @@ def _namespace_exists() -> bool:
         return False
 
 
+def _register_cupy(why_not_compiled: str) -> str:
+    """Serves the CUDA key with the CuPy backend if it can; returns why it does or not."""
+    from . import cupy_backend
+
+    ok, why = cupy_backend.availability()
+    if not ok:
+        return why
+    lib = torch.library.Library("fpgm", "IMPL")
+    for name, fn in cupy_backend.implementations().items():
+        lib.impl(name, fn, "CUDA")
+    _libs.append(lib)
+    _state["cuda"] = f"cupy ({why_not_compiled}; {why})"
+    return ""
+
+
 def _load_compiled():
     path = os.environ.get("FPGM_EXT_LIBRARY")
     if path:
@@ -73,12 +93,22 @@ def load() -> None:
         else:
             _state.update(backend="compiled", library=library, build=build,
                           reason=f"loaded {library}")
-            if build.get("with_cuda"):
+            forced = os.environ.get("FPGM_EXT_BACKEND", "") == "cupy"
+            if build.get("with_cuda") and not forced:
                 _state["cuda"] = "compiled (CUDA kernels in the library)"
             else:
-                # A CPU-only build still serves CUDA tensors, through the reference kernels.
-                _register_reference(["CUDA"])
-                _state["cuda"] = "reference (library built without CUDA kernels)"
+                why_not = ("forced by FPGM_EXT_BACKEND=cupy" if forced
+                           else "library built without CUDA kernels")
+                why_no_cupy = _register_cupy(why_not)
+                if why_no_cupy and forced:
+                    warnings.warn(f"fpgm_ext: FPGM_EXT_BACKEND=cupy, but {why_no_cupy}", RuntimeWarning,
+                                  stacklevel=3)
+                if why_no_cupy and build.get("with_cuda"):
+                    _state["cuda"] = f"compiled (CUDA kernels in the library; not CuPy: {why_no_cupy})"
+                elif why_no_cupy:
+                    # A CPU-only build still serves CUDA tensors, through the reference kernels.
+                    _register_reference(["CUDA"])
+                    _state["cuda"] = f"reference (library built without CUDA kernels; {why_no_cupy})"
     from . import _fake  # noqa: F401  (fake kernels for every op, whichever backend)
 
 

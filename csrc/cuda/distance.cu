@@ -29,8 +29,8 @@
 #include <vector>
 
 #include "../checks.h"
-#include "launch.h"
-#include "kernels/distance_plan.cuh"
+#include "runtime.h"
+#include "kernels/distance_launch.cuh"
 
 namespace fpgm {
 namespace {

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "../gather_checks.h"
-#include "launch.h"
+#include "runtime.h"
 
 #ifdef CUDA_KERNEL_ASSERT_PRINTF
 #define FPGM_INDEX_ASSERT(ok, tensor, index, size)                                      \

@@ -10,7 +10,7 @@
 #include <exception>
 #include <new>
 
-#include "distance_plan.cuh"
+#include "distance_launch.cuh"
 #include "gather.cuh"
 
 namespace {

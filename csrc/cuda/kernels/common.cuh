@@ -16,7 +16,27 @@
 namespace fpgm {
 namespace kernels {
 
-// Reads any input element (float, double, c10::Half, c10::BFloat16, __half, the
+#ifdef __CUDACC_RTC__
+// Under NVRTC the toolkit's cuda_fp16.h / cuda_bf16.h may be absent (a pip-installed
+// CuPy has no toolkit): the CuPy backend reads float16 and bfloat16 inputs through these
+// two bit containers, which convert to float as __half and __nv_bfloat16 do (exactly).
+struct rtc_half {
+  unsigned short bits;
+  __device__ __forceinline__ operator float() const {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+    return f;
+  }
+};
+struct rtc_bfloat16 {
+  unsigned short bits;
+  __device__ __forceinline__ operator float() const {
+    return __uint_as_float(static_cast<unsigned int>(bits) << 16);
+  }
+};
+#endif
+
+// Reads any input element (float, double, c10::Half, c10::BFloat16, rtc_half, the
 // emulation's half types: anything with a conversion to float) as double.
 template <typename T>
 __device__ __forceinline__ double to_double(T v) {

@@ -1,6 +1,6 @@
-// Device code of fpgm::distance_scores, distance_matrix and distance_scores_multi: the
-// work tables' types and the kernels. The host planner that builds the tables and
-// launches the kernels is distance_plan.cuh.
+// Device code of fpgm::distance_scores, distance_matrix and distance_scores_multi. The
+// work tables' types are in tables.cuh, the host planner that builds them in
+// distance_plan.cuh, the launches of a call in launch.cuh.
 // No torch or CUDA header: see common.cuh for the three ways this file is compiled.
 //
 // Every call, one layer or a whole model, is the same five launches (l1: four, matrix:
@@ -44,70 +44,11 @@
 // never ranked silently. The row_stats flag is per layer: other layers are unaffected.
 #pragma once
 
-#include "../../accuracy.h"
 #include "common.cuh"
+#include "tables.cuh"
 
 namespace fpgm {
 namespace kernels {
-
-enum : int { kMetricL2 = 0, kMetricL1 = 1, kMetricCos = 2 };
-
-constexpr int kTile = 64;           // rows on each side of a tile pair
-constexpr int kTileK = 16;          // columns per shared-memory step, = the float32 chunk
-constexpr int kTileThreads = 256;   // 16 x 16 threads, 4 x 4 outputs each
-constexpr int kRowThreads = 128;    // row kernels: one block per row
-constexpr int kColsPerBlock = 32;   // column means: 32 columns x 8 row groups per block
-constexpr int kColGroups = 8;
-constexpr int kColThreads = kColsPerBlock * kColGroups;
-constexpr int kFinalThreads = 256;
-// l2 / cos with D up to accuracy::kDirectMaxD take the direct path, as the CPU kernel
-// does: the distance from sum (a - b)^2 of the uncentred rows (cos: unit rows).
-using accuracy::kDirectMaxD;
-
-struct LayerDesc {
-  const void* x;           // input rows [n, d], contiguous, of the op's input dtype
-  void* out;               // scores [n] or matrix [n, n], of the result dtype acc_t
-  long long n, d, ld;      // ld: d rounded up to kTileK (prepared rows padded with zeros)
-  long long row_off;       // this layer's first row in the per-row arrays
-  long long col_off;       // its first column in the column-mean array
-  long long elem_off;      // its first element in the prepared rows
-  long long col_block_off; // its first block of column_mean_kernel
-  int direct;              // l2 / cos with d <= kDirectMaxD: sum (a - b)^2, no centring
-  int pad_;
-};
-
-struct TileItem {
-  int layer, ti, tj;  // tile pair (ti <= tj) of one layer: rows ti*kTile.., tj*kTile..
-  int k0, k1;         // the steps of kTileK columns it covers: [k0, k1)
-  int part;           // -1: the whole pair, finished by this item; else its slot in
-                      // DistanceArgs::partial (a pair split over several items)
-};
-
-// A tile pair whose columns were split over several items (when a call has too few tile
-// pairs to fill the GPU, e.g. one layer with N = 512 and D = 4608): split_finish_kernel
-// adds their partial tiles, in order, and finishes the pair.
-struct SplitPair {
-  int layer, ti, tj;
-  int first_part, parts;
-};
-
-template <typename acc_t>
-struct DistanceArgs {
-  const LayerDesc* layers;
-  const TileItem* items;
-  const SplitPair* pairs;
-  int num_layers;
-  int metric;
-  acc_t* rows;       // prepared rows (elem_off, ld)
-  double* sq;        // per row: |prepared row|^2 from float32 chunk sums
-  double* inv_norm;  // per row: cos 1/|row| (1 for a zero row); 1 otherwise
-  double* mean;      // per column (col_off)
-  double* sums;      // per row: the score accumulator
-  int* zero;         // per row: cos, the row is all zeros
-  int* bad;          // per layer: a row holds NaN or Inf (zero on entry)
-  int* nonzero;      // per layer: rows that are not all zeros (zero on entry)
-  double* partial;   // per part: the kTile x kTile sums of one item of a split pair
-};
 
 template <typename acc_t>
 __device__ __forceinline__ int layer_of_row(const DistanceArgs<acc_t>& a, long long r) {
@@ -499,11 +440,13 @@ __global__ void __launch_bounds__(kTileThreads) split_finish_kernel(DistanceArgs
 }
 
 // 5. Scores in the result dtype; all NaN for a layer holding NaN or Inf.
+// Every distance kernel takes the one DistanceArgs argument (the rows are the last
+// layer's end), so every launcher passes the same thing to each.
 template <typename acc_t>
-__global__ void __launch_bounds__(kFinalThreads) finalize_kernel(DistanceArgs<acc_t> a,
-                                                                 long long rows) {
+__global__ void __launch_bounds__(kFinalThreads) finalize_kernel(DistanceArgs<acc_t> a) {
   const long long r = static_cast<long long>(blockIdx.x) * kFinalThreads + threadIdx.x;
-  if (r >= rows) return;
+  const LayerDesc& last = a.layers[a.num_layers - 1];
+  if (r >= last.row_off + last.n) return;
   const int l = layer_of_row(a, r);
   const LayerDesc& L = a.layers[l];
   acc_t* out = static_cast<acc_t*>(L.out);

@@ -1,18 +1,19 @@
 // Host planning of fpgm::distance_scores, distance_matrix and distance_scores_multi on
 // CUDA: the work tables (a LayerDesc per layer, a TileItem per tile pair or part of one,
 // split-K when few pairs would leave the GPU idle), the layout of the one device workspace
-// of a call, and the launch sequence of distance.cuh's kernels. Host C++ only, no torch or
-// CUDA header: csrc/cuda/distance.cu launches through it on torch's stream, and the tests
-// through the CPU emulation (tests/emulation). Not compiled by NVRTC.
+// of a call, and the steps (kernel, blocks, threads) of a call. Host C++ only, no torch or
+// CUDA header, no device code: one planner for every backend. csrc/cuda/distance.cu
+// launches its steps on torch's stream (launch.cuh), the CuPy backend through
+// fpgm_ext._C (csrc/device_plans.cpp), the tests through the CPU emulation.
 #pragma once
 
-#include "distance.cuh"
-
-#ifdef FPGM_KERNELS_HOST
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#include "tables.cuh"
 
 namespace fpgm {
 namespace kernels {
@@ -161,37 +162,48 @@ inline DistancePlan plan_distance(const long long* n, const long long* d, int nu
   return p;
 }
 
-template <typename acc_t, bool kL1, bool kMatrix, typename Launch>
-void launch_tiles(const DistancePlan& p, const DistanceArgs<acc_t>& a, Launch&& launch) {
-  launch(&tile_kernel<acc_t, kL1, kMatrix>, static_cast<long long>(p.items.size()), kTileThreads, a);
+// The kernels of distance.cuh, as a call's steps name them.
+enum class DistanceKernel : int { RowStats, ColumnMean, PrepareRows, Tile, SplitFinish, Finalize };
+
+struct DistanceStep {
+  DistanceKernel kernel;
+  long long blocks;  // >= 1
+  int threads;
+};
+
+// The launches of one call, in order, the same for one layer or many: row statistics,
+// column means (l2, cos), prepared rows, the tiles (and the split pairs' finish), then
+// the scores (not for a matrix). Every kernel takes the call's DistanceArgs alone.
+inline std::vector<DistanceStep> distance_steps(const DistancePlan& p, int metric, bool matrix) {
+  std::vector<DistanceStep> s;
+  s.push_back({DistanceKernel::RowStats, p.rows, kRowThreads});
+  if (metric != kMetricL1) s.push_back({DistanceKernel::ColumnMean, p.col_blocks, kColThreads});
+  s.push_back({DistanceKernel::PrepareRows, p.rows, kRowThreads});
+  s.push_back({DistanceKernel::Tile, static_cast<long long>(p.items.size()), kTileThreads});
   if (!p.pairs.empty())
-    launch(&split_finish_kernel<acc_t, kL1, kMatrix>, static_cast<long long>(p.pairs.size()),
-           kTileThreads, a);
+    s.push_back({DistanceKernel::SplitFinish, static_cast<long long>(p.pairs.size()), kTileThreads});
+  if (!matrix)
+    s.push_back({DistanceKernel::Finalize, (p.rows + kFinalThreads - 1) / kFinalThreads, kFinalThreads});
+  return s;
 }
 
-// The launches of one call, the same for one layer or many. `launch(kernel, blocks,
-// threads, args...)` launches on the caller's stream (or the emulation); it is never
-// called with blocks == 0. matrix: the outputs are [n, n] matrices, not scores.
-template <typename scalar_t, typename acc_t, typename Launch>
-void launch_distance(const DistancePlan& p, const DistanceArgs<acc_t>& a, bool matrix,
-                     Launch&& launch) {
-  launch(&row_stats_kernel<scalar_t, acc_t>, p.rows, kRowThreads, a);
-  if (a.metric != kMetricL1)
-    launch(&column_mean_kernel<scalar_t, acc_t>, p.col_blocks, kColThreads, a);
-  launch(&prepare_rows_kernel<scalar_t, acc_t>, p.rows, kRowThreads, a);
-  const bool l1 = a.metric == kMetricL1;
-  if (matrix) {
-    if (l1) launch_tiles<acc_t, true, true>(p, a, launch);
-    else launch_tiles<acc_t, false, true>(p, a, launch);
-    return;
+// The kernel instance a step launches, as C++ names it (NVRTC's name expression), for
+// input elements `scalar` and accumulation type `acc` spelled as C++ types: the template
+// arguments of each kernel of distance.cuh, written once here for every launcher by name.
+inline std::string distance_kernel_name(DistanceKernel k, const std::string& scalar,
+                                        const std::string& acc, int metric, bool matrix) {
+  const std::string flags = std::string(metric == kMetricL1 ? "true" : "false") + ", " +
+                            (matrix ? "true" : "false");
+  switch (k) {
+    case DistanceKernel::RowStats: return "fpgm::kernels::row_stats_kernel<" + scalar + ", " + acc + ">";
+    case DistanceKernel::ColumnMean: return "fpgm::kernels::column_mean_kernel<" + scalar + ", " + acc + ">";
+    case DistanceKernel::PrepareRows: return "fpgm::kernels::prepare_rows_kernel<" + scalar + ", " + acc + ">";
+    case DistanceKernel::Tile: return "fpgm::kernels::tile_kernel<" + acc + ", " + flags + ">";
+    case DistanceKernel::SplitFinish: return "fpgm::kernels::split_finish_kernel<" + acc + ", " + flags + ">";
+    case DistanceKernel::Finalize: return "fpgm::kernels::finalize_kernel<" + acc + ">";
   }
-  if (l1) launch_tiles<acc_t, true, false>(p, a, launch);
-  else launch_tiles<acc_t, false, false>(p, a, launch);
-  launch(&finalize_kernel<acc_t>, (p.rows + kFinalThreads - 1) / kFinalThreads, kFinalThreads,
-         a, p.rows);
+  return "";
 }
 
 }  // namespace kernels
 }  // namespace fpgm
-
-#endif  // FPGM_KERNELS_HOST

@@ -5,7 +5,7 @@
 // Each tensor is seen as [outer, channels, inner]; a kept channel of one outer index is a
 // block of inner * element_size contiguous bytes, copied in words of 16 bytes (uint4)
 // where the block size and both base addresses allow it, else 8, 4, 2 or 1 bytes. The
-// host builds one GatherDesc per tensor; every CUDA block copies one chunk of
+// host (gather_plan.cuh) builds one GatherDesc per tensor; every CUDA block copies one chunk of
 // kGatherChunk words of one tensor, found by binary search on first_block.
 //
 // Index range: checking it on the host would need a device -> host copy (a
@@ -16,11 +16,12 @@
 #pragma once
 
 #include "common.cuh"
+#include "tables.cuh"
 
 #ifdef FPGM_KERNELS_HOST
-#include <cstdint>
 #include <cstdio>
-#include <vector>
+
+#include "gather_plan.cuh"
 #endif
 
 #ifndef FPGM_INDEX_ASSERT
@@ -36,23 +37,6 @@
 
 namespace fpgm {
 namespace kernels {
-
-constexpr int kGatherThreads = 256;
-constexpr long long kGatherChunk = kGatherThreads * 8;  // words per block
-
-struct GatherDesc {
-  const unsigned char* src;  // [outer, channels, inner], contiguous
-  unsigned char* dst;        // [outer, kept, inner], contiguous
-  const void* index;         // [kept] int64 or int32
-  long long channels, kept;
-  long long words_per_block;  // inner * element_size / word_bytes
-  long long words;            // outer * kept * words_per_block
-  long long first_block;      // this tensor's first CUDA block
-  int word_bytes;             // 16, 8, 4, 2 or 1
-  int index_is64;
-  int tensor;                 // position in the op's list, for the assertion message
-  int pad_;
-};
 
 #ifdef __CUDACC_RTC__
 typedef uint4 fpgm_word16;
@@ -97,56 +81,14 @@ __global__ void __launch_bounds__(kGatherThreads) gather_kernel(const GatherDesc
 
 #ifdef FPGM_KERNELS_HOST
 
-// One tensor of a gather call, as the host sees it.
-struct GatherTensor {
-  const void* src;  // contiguous source
-  void* dst;        // contiguous output
-  const void* index;
-  bool index_is64;
-  long long outer, channels, kept, block_bytes;  // block_bytes = inner * element_size
-};
-
-struct GatherPlan {
-  std::vector<GatherDesc> descs;
-  long long blocks = 0;
-};
-
-// The widest word (16, 8, 4, 2, 1 bytes) dividing the block size and both addresses.
-inline int gather_word_bytes(long long block_bytes, const void* src, const void* dst) {
-  const auto a = reinterpret_cast<std::uintptr_t>(src), b = reinterpret_cast<std::uintptr_t>(dst);
-  for (int w = 16; w > 1; w /= 2)
-    if (block_bytes % w == 0 && a % w == 0 && b % w == 0) return w;
-  return 1;
-}
-
-inline GatherPlan plan_gather(const std::vector<GatherTensor>& tensors) {
-  GatherPlan p;
-  for (size_t k = 0; k < tensors.size(); ++k) {
-    const GatherTensor& t = tensors[k];
-    GatherDesc g{};
-    g.src = static_cast<const unsigned char*>(t.src);
-    g.dst = static_cast<unsigned char*>(t.dst);
-    g.index = t.index;
-    g.index_is64 = t.index_is64 ? 1 : 0;
-    g.channels = t.channels;
-    g.kept = t.kept;
-    g.word_bytes = gather_word_bytes(t.block_bytes, t.src, t.dst);
-    g.words_per_block = t.block_bytes / g.word_bytes;
-    g.words = t.outer * t.kept * g.words_per_block;
-    g.first_block = p.blocks;
-    g.tensor = static_cast<int>(k);
-    p.blocks += (g.words + kGatherChunk - 1) / kGatherChunk;
-    p.descs.push_back(g);
-  }
-  return p;
-}
-
-// The one launch of a call; `descs` is the device copy of plan.descs.
+// Host: the one launch of a call (planned by gather_plan.cuh); `descs` is the device
+// copy of plan.descs.
 template <typename Launch>
 void launch_gather(const GatherPlan& p, const GatherDesc* descs, Launch&& launch) {
   if (p.blocks > 0)
     launch(&gather_kernel, p.blocks, kGatherThreads, descs, static_cast<int>(p.descs.size()));
 }
+
 
 #endif  // FPGM_KERNELS_HOST
 
