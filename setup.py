@@ -14,6 +14,7 @@ import shutil
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 import torch
 from torch.utils import cpp_extension
@@ -87,8 +88,24 @@ def extensions():
                     extra_link_args=["-fopenmp"])]
 
 
+# The device code the CuPy backend compiles at run time (fpgm_ext/cupy_backend/nvrtc.py):
+# csrc/accuracy.h and csrc/cuda/kernels/*.cuh, copied into the package with their relative
+# layout (distance.cuh includes "../../accuracy.h"). An editable install reads csrc/.
+DEVICE_CODE = ["accuracy.h", *sorted(os.path.relpath(p, os.path.join(ROOT, "csrc"))
+                                     for p in glob.glob(os.path.join(ROOT, "csrc", "cuda", "kernels", "*.cuh")))]
+
+
+class BuildPyWithDeviceCode(build_py):
+    def run(self):
+        super().run()
+        for rel in DEVICE_CODE:
+            dst = os.path.join(self.build_lib, "fpgm_ext", "_device_code", rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            self.copy_file(os.path.join(ROOT, "csrc", rel), dst)
+
+
 setup(
     packages=find_packages(include=["fpgm_ext", "fpgm_ext.*"]),
     ext_modules=extensions(),
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    cmdclass={"build_ext": cpp_extension.BuildExtension, "build_py": BuildPyWithDeviceCode},
 )

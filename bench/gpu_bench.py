@@ -12,6 +12,10 @@ Cases (each checks its result against the baseline before timing it):
     loop of the cdist baseline;
   - gather_channels of a ResNet-50 pruning plan (conv out/in channels, BN vectors):
     ours (one launch) vs a loop of `index_select`.
+CuPy column: on a GPU, each distance case also times the CuPy backend's same op called
+directly (fpgm_ext.cupy_backend.ops, NVRTC-compiled from the same kernel sources), shown as
+cupy/compiled = its time / ours, and checks it against the same reference (a mismatch fails
+the run as ours does). "-" where CuPy is unusable (one line says why) and in --dry.
 Timing: CUDA events around each call (a per-layer loop is timed as a whole, host gaps
 included), warm-up runs first, the median of the repeats. Prints one table, last.
 """
@@ -90,6 +94,41 @@ def max_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
 
 
+def cupy_runtime(device: str) -> Optional[Callable[[], object]]:
+    """What gives the CuPy backend's runtime, to call its ops directly (the dispatcher serves
+    the compiled kernels here), or None; prints one line saying which and why."""
+    import fpgm_ext
+    from fpgm_ext import cupy_backend
+
+    usable, why = cupy_backend.availability()
+    if device != "cuda":
+        usable, why = False, "dry run on the CPU, no GPU"
+    served = fpgm_ext.backend_info()["devices"]["cuda"]
+    if usable and not served.startswith("compiled"):  # e.g. FPGM_EXT_BACKEND=cupy
+        why += f"; NOTE: 'ours' is not the compiled backend here but {served}"
+    print(f"cupy column: {why}" if usable else f"cupy column: - ({why})")
+    return cupy_backend.runtime if usable else None
+
+
+def cupy_case(runtime: Optional[Callable[[], object]], case: str, fn: Callable[..., object],
+              args: tuple, check: Callable[[object], float], device: str, warmup: int,
+              repeat: int) -> Tuple[Optional[float], Optional[float]]:
+    """(median ms, max rel err) of the CuPy backend's op `fn` on args, or (None, None)
+    without CuPy. A failure is printed and counted as a mismatch, not raised: the compiled
+    kernels' rows still get their table."""
+    if runtime is None:
+        return None, None
+    try:
+        rt = runtime()
+        # The first call compiles the kernel instances with NVRTC (~1-3 s, then cached): it is
+        # the untimed warm-up, and the result checked.
+        err = check(fn(rt, *args))
+        return median_ms(lambda: fn(rt, *args), device, warmup, repeat), err
+    except Exception as exc:  # NVRTC, driver or CuPy errors come in various types
+        print(f"cupy {case}: {type(exc).__name__}: {exc}")
+        return None, float("inf")
+
+
 def prune_plan(shapes: List[Shape], device: str, keep: float = 0.6, seed: int = 0):
     """A gather_channels call of the size of a real pruning: each conv's weight along its
     out-channels, its BN's four vectors, and the weight along its in-channels."""
@@ -107,35 +146,48 @@ def prune_plan(shapes: List[Shape], device: str, keep: float = 0.6, seed: int = 
 
 def run(device: str, dry: bool, repeat: int, warmup: int) -> List[Dict[str, object]]:
     import fpgm_ext
+    from fpgm_ext.cupy_backend import ops as cupy_ops  # imports no CuPy: dry runs check the names
 
     ops = torch.ops.fpgm
     rows: List[Dict[str, object]] = []
     gen = torch.Generator().manual_seed(0)
+    cupy = cupy_runtime(device)
 
     def add(case: str, ours: float, base: float, loop: Optional[float], err: float,
-            base_name: str) -> None:
-        rows.append(dict(case=case, ours=ours, base=base, loop=loop, err=err, base_name=base_name))
+            base_name: str, cupy_res: Tuple[Optional[float], Optional[float]] = (None, None)) -> None:
+        rows.append(dict(case=case, ours=ours, base=base, loop=loop, err=err, base_name=base_name,
+                         cupy=cupy_res[0], cupy_err=cupy_res[1]))
 
     # Single large layers.
     for n, d in (SINGLE_DRY if dry else SINGLE):
         f = torch.randn(n, d, generator=gen).to(device)
         for metric in ("l2", "l1", "cos"):
+            case = f"{metric} N={n} D={d}"
+            ref = baseline_scores(f.double(), metric)
             got = ops.distance_scores(f, metric)
-            err = max_rel_err(got, baseline_scores(f.double(), metric))
+            err = max_rel_err(got, ref)
             ours = median_ms(lambda: ops.distance_scores(f, metric), device, warmup, repeat)
             base = median_ms(lambda: baseline_scores(f, metric), device, warmup, repeat)
-            add(f"{metric} N={n} D={d}", ours, base, None, err, "cdist(F,F).sum(1)" if metric != "cos" else "(1-UU^T).sum(1)")
+            cp = cupy_case(cupy, case, cupy_ops.distance_scores, (f, metric), lambda g: max_rel_err(g, ref),
+                           device, warmup, repeat)
+            add(case, ours, base, None, err, "cdist(F,F).sum(1)" if metric != "cos" else "(1-UU^T).sum(1)", cp)
 
     # The whole ResNet-50 conv stack.
     shapes = resnet50_convs(16 if dry else 1)
     ws = [(torch.randn(s, generator=gen) * 0.05).to(device) for s in shapes]
     for metric in ("l2", "cos", "l1"):
-        got = ops.distance_scores_multi(ws, metric)
-        err = max(max_rel_err(g, baseline_scores(w.double(), metric)) for g, w in zip(got, ws))
+        case = f"{metric} ResNet-50 ({len(ws)} convs)"
+        refs = [baseline_scores(w.double(), metric) for w in ws]
+
+        def check(got: List[torch.Tensor]) -> float:
+            return max(max_rel_err(g, r) for g, r in zip(got, refs))
+
+        err = check(ops.distance_scores_multi(ws, metric))
         ours = median_ms(lambda: ops.distance_scores_multi(ws, metric), device, warmup, repeat)
         loop = median_ms(lambda: [ops.distance_scores(w, metric) for w in ws], device, warmup, repeat)
         base = median_ms(lambda: [baseline_scores(w, metric) for w in ws], device, warmup, repeat)
-        add(f"{metric} ResNet-50 ({len(ws)} convs)", ours, base, loop, err, "loop of baseline")
+        cp = cupy_case(cupy, case, cupy_ops.distance_scores_multi, (ws, metric), check, device, warmup, repeat)
+        add(case, ours, base, loop, err, "loop of baseline", cp)
 
     # Physical pruning of ResNet-50 in one gather.
     tensors, dims, indices = prune_plan(shapes, device)
@@ -152,17 +204,31 @@ def run(device: str, dry: bool, repeat: int, warmup: int) -> List[Dict[str, obje
     return rows
 
 
+def cupy_cells(r: Dict[str, object]) -> str:
+    """The 'cupy/compiled' and 'cupy err' cells of a row, "-" where CuPy did not run."""
+    ratio = f"{r['cupy'] / r['ours']:12.2f}x" if r["cupy"] is not None else f"{'-':>13s}"
+    err = f"{r['cupy_err']:8.1e}" if r["cupy_err"] is not None else f"{'-':>8s}"
+    return f"{ratio} {err}"
+
+
 def table(rows: List[Dict[str, object]], device: str) -> str:
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
     head = (f"{'case':26s} {'ours ms':>9s} {'baseline ms':>12s} {'speedup':>8s}  {'baseline':17s} "
-            f"{'our loop ms':>11s} {'1-call':>7s} {'rel err':>8s}")
+            f"{'our loop ms':>11s} {'1-call':>7s} {'rel err':>8s} {'cupy/compiled':>13s} {'cupy err':>8s}")
     out = [f"fpgm_ext on {name}, torch {torch.__version__}: median ms; speedup = baseline / ours; "
-           f"1-call = our per-layer loop / our one call", head, "-" * len(head)]
+           f"1-call = our per-layer loop / our one call; cupy/compiled = the CuPy backend's op / ours",
+           head, "-" * len(head)]
     for r in rows:
         loop = f"{r['loop']:11.3f} {r['loop'] / r['ours']:6.2f}x" if r["loop"] is not None else f"{'-':>11s} {'-':>7s}"
         out.append(f"{r['case']:26s} {r['ours']:9.3f} {r['base']:12.3f} {r['base'] / r['ours']:7.2f}x  "
-                   f"{r['base_name']:17s} {loop} {r['err']:8.1e}")
+                   f"{r['base_name']:17s} {loop} {r['err']:8.1e} {cupy_cells(r)}")
     return "\n".join(out)
+
+
+def mismatches(rows: List[Dict[str, object]], tol: float = 1e-4) -> List[str]:
+    """The cases whose result (ours, or the CuPy backend's where it ran) is off."""
+    bad = [r["case"] for r in rows if not r["err"] <= tol]
+    return bad + [f"{r['case']} (cupy)" for r in rows if r["cupy_err"] is not None and not r["cupy_err"] <= tol]
 
 
 def main() -> int:
@@ -182,7 +248,7 @@ def main() -> int:
     repeat = args.repeat or (2 if args.dry else 20)
     warmup = args.warmup or (1 if args.dry else 3)
     rows = run(device, args.dry, repeat, warmup)
-    bad = [r["case"] for r in rows if not r["err"] <= 1e-4]
+    bad = mismatches(rows)
     print(table(rows, device))
     if bad:
         print("RESULT MISMATCH:", ", ".join(bad))

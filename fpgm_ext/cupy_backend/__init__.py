@@ -50,7 +50,7 @@ def availability() -> Tuple[bool, str]:
                   "on first use")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runtime():
     from .runtime import CupyRuntime
 

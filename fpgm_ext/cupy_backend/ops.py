@@ -10,8 +10,14 @@ from typing import List, Sequence
 
 import torch
 
-from .._checks import (check_gather_args, check_metric, check_weight, check_weights, is_layer_batch,
-                       result_dtype)
+from .._checks import (
+    check_gather_args,
+    check_metric,
+    check_weight,
+    check_weights,
+    is_layer_batch,
+    result_dtype,
+)
 
 # Input element types as the device code spells them under NVRTC (common.cuh).
 SCALARS = {torch.float32: "float", torch.float64: "double",

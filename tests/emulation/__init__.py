@@ -56,6 +56,44 @@ class EmulationError(RuntimeError):
     pass
 
 
+class EmuRuntime:
+    """The runtime interface of fpgm_ext.cupy_backend.ops (see its runtime.CupyRuntime) on
+    the emulation: the CuPy backend's own Python path (checks, the C++ plan, table and
+    argument bytes, launches by name) runs on CPU tensors, every kernel launched by name.
+    `wave`: the resident tile blocks it reports (plan_distance splits below it)."""
+
+    def __init__(self, emulator: "Emulator", wave: int = 0):
+        self.emu, self.wave = emulator, wave
+        self.launched: List[tuple] = []  # (name, blocks, threads) of every launch
+
+    def device_guard(self, device):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def check_not_capturing(self, device, op: str) -> None:
+        pass
+
+    def kernels(self, device, names):
+        return {name: name for name in names}  # a handle is the name; the shim resolves it
+
+    def resident_blocks(self, device, function, threads: int) -> int:
+        return self.wave
+
+    def copy_table(self, dst, image: bytes) -> None:
+        import torch
+
+        dst.copy_(torch.frombuffer(bytearray(image), dtype=torch.uint8))
+
+    def launch(self, device, function: str, blocks: int, threads: int, args) -> None:
+        values = [ctypes.create_string_buffer(a, len(a)) for a in args]
+        params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+        self.emu.lib.fpgm_emu_reset()
+        self.launched.append((function, blocks, threads))
+        self.emu._check(self.emu.lib.fpgm_emu_launch_named(function.encode(), ctypes.c_longlong(blocks),
+                                                           threads, params))
+
+
 class Emulator:
     def __init__(self, path: Path):
         lib = ctypes.CDLL(str(path))
@@ -63,6 +101,7 @@ class Emulator:
         lib.fpgm_emu_gather.restype = ctypes.c_int
         lib.fpgm_emu_launches.restype = ctypes.c_int
         lib.fpgm_emu_last_error.restype = ctypes.c_char_p
+        lib.fpgm_emu_launch_named.restype = ctypes.c_int
         self.lib = lib
 
     def _check(self, rc: int) -> None:

@@ -1,14 +1,19 @@
 // extern "C" entry points that run the device code of csrc/cuda/kernels/*.cuh through the
 // CPU emulation of cuda_emu.h, with the same host planning (plan_distance, plan_gather)
 // and the same launch sequence (launch_distance, launch_gather) as the CUDA launchers in
-// csrc/cuda/*.cu. Called from Python with ctypes (tests/emulation/__init__.py).
+// csrc/cuda/*.cu; and a launch by kernel name with arguments as bytes, as the CuPy
+// backend launches (fpgm_emu_launch_named). Called from Python with ctypes
+// (tests/emulation/__init__.py).
 //
 //   g++ -std=c++20 -O2 -pthread -shared -fPIC -I csrc/cuda/kernels shim.cpp -o libfpgm_emu.so
 #include "cuda_emu.h"
 
 #include <cstdlib>
 #include <exception>
+#include <functional>
+#include <map>
 #include <new>
+#include <string>
 
 #include "distance_launch.cuh"
 #include "gather.cuh"
@@ -57,6 +62,50 @@ int run_distance(int metric, bool matrix, int num_layers, const void* const* xs,
   const k::DistanceArgs<acc_t> args = plan.template args<acc_t>(ws.p, metric);
   k::launch_distance<scalar_t, acc_t>(plan, args, matrix, EmuLaunch{});
   return report();
+}
+
+// Every kernel instance the CuPy backend can name, by its C++ name as the one planner
+// spells it (kernel_names, kGatherKernelName), launched from argument bytes. The element
+// types the CuPy backend names rtc_half / rtc_bfloat16 (NVRTC only) are the emulation's
+// half types here: the same 16 bits, the same conversion to float.
+using NamedKernel = std::function<void(long long blocks, int threads, const void* const* args)>;
+
+template <typename scalar_t, typename acc_t, bool kL1, bool kMatrix>
+void add_instances(std::map<std::string, NamedKernel>& table, const char* scalar, const char* acc) {
+  for (const auto kernel : {k::DistanceKernel::RowStats, k::DistanceKernel::ColumnMean,
+                            k::DistanceKernel::PrepareRows, k::DistanceKernel::Tile,
+                            k::DistanceKernel::SplitFinish, k::DistanceKernel::Finalize}) {
+    const int metric = kL1 ? k::kMetricL1 : k::kMetricL2;
+    table[k::distance_kernel_name(kernel, scalar, acc, metric, kMatrix)] =
+        [kernel](long long blocks, int threads, const void* const* args) {
+          const auto& a = *static_cast<const k::DistanceArgs<acc_t>*>(args[0]);
+          k::launch_step<scalar_t, acc_t, kL1, kMatrix>({kernel, blocks, threads}, a, EmuLaunch{});
+        };
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void add_instances(std::map<std::string, NamedKernel>& table, const char* scalar, const char* acc) {
+  add_instances<scalar_t, acc_t, false, false>(table, scalar, acc);
+  add_instances<scalar_t, acc_t, false, true>(table, scalar, acc);
+  add_instances<scalar_t, acc_t, true, false>(table, scalar, acc);
+  add_instances<scalar_t, acc_t, true, true>(table, scalar, acc);
+}
+
+const std::map<std::string, NamedKernel>& named_kernels() {
+  static const auto table = [] {
+    std::map<std::string, NamedKernel> t;
+    add_instances<float, float>(t, "float", "float");
+    add_instances<double, double>(t, "double", "double");
+    add_instances<emu::half, float>(t, "fpgm::kernels::rtc_half", "float");
+    add_instances<emu::bfloat16, float>(t, "fpgm::kernels::rtc_bfloat16", "float");
+    t[k::kGatherKernelName] = [](long long blocks, int threads, const void* const* args) {
+      emu::launch(&k::gather_kernel, blocks, threads, *static_cast<const k::GatherDesc* const*>(args[0]),
+                  *static_cast<const int*>(args[1]));
+    };
+    return t;
+  }();
+  return table;
 }
 
 }  // namespace
@@ -132,6 +181,27 @@ int fpgm_emu_launches(long long* blocks, int* threads, int cap) {
   }
   return n;
 }
+
+// One launch by kernel name (args[i]: the bytes of argument i). Returns 0, 1 after a
+// failed device assertion, 2 for an unknown name. Does not reset the launch log:
+// fpgm_emu_reset() starts a call.
+int fpgm_emu_launch_named(const char* name, long long blocks, int threads, const void* const* args) {
+  const auto& table = named_kernels();
+  const auto it = table.find(name);
+  if (it == table.end()) {
+    last_error = std::string("no kernel instance named ") + name;
+    return 2;
+  }
+  try {
+    it->second(blocks, threads, args);
+    return report();
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return 2;
+  }
+}
+
+void fpgm_emu_reset() { emu::reset(); }
 
 const char* fpgm_emu_last_error() { return last_error.c_str(); }
 
