@@ -121,7 +121,8 @@ def test_scores_clustered(emu, metric, order, split):
 def test_many_close_pairs_warp_recompute(emu, metric, matrix):
     """SoftFPGM re-scores layers with 30-40 % of the filters zeroed, and near-duplicates come
     in clusters: most pairs of a warp are close, several per lane, recomputed by the whole
-    warp together (ballot, shuffles)."""
+    warp together (ballot, shuffles); pairs of two zero filters skip the recompute (l2:
+    distance 0, cos: 1)."""
     g = _gen("softfpgm")
     w = torch.randn(150, 300, generator=g)
     w[torch.randperm(150, generator=g)[:55]] = 0          # 37 % zeroed filters
