@@ -48,7 +48,8 @@ def zeroed(model: nn.Module, plan: Plan) -> nn.Module:
             if key in e:
                 pruned = torch.ones(e[size], dtype=torch.bool)
                 pruned[e[key]] = False
-                m.weight[pruned] = 0
+                if m.weight is not None:   # a GroupNorm without affine has none
+                    m.weight[pruned] = 0
                 if m.bias is not None:
                     m.bias[pruned] = 0
     return z

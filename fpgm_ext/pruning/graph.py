@@ -16,6 +16,8 @@ are joined into a *group*:
 - a product ``x * s`` (a squeeze-excitation scale) joins them too;
 - a grouped or depthwise convolution joins its input and output spaces *by conv group*:
   the group is then pruned in units of whole conv groups (``units``);
+- a GroupNorm prunes its input's spaces in units of whole GN groups (a group's statistics
+  are its own channels'); with one group it is a LayerNorm over channels: left alone;
 - ``torch.cat`` along channels makes no join: the consumer's input channels are the
   concatenated spaces at their offsets (DenseNet);
 - flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
@@ -508,6 +510,34 @@ class _Analyzer:
                      (s if not s.zero else Seg(s.space, False, via)) for s in x.segs)
         return Val(segs, factor, x.rank)
 
+    def group_norm(self, node, name: str, m: nn.GroupNorm, x: Val) -> Val:
+        """GroupNorm: a group's statistics are its own channels', so whole GN groups go or
+        stay and the rest normalise as before (exact). Each space of the input is pruned
+        in units of whole GN groups, which must not straddle two spaces. With one group
+        (a LayerNorm over the channels) any pruning changes the statistics: left alone."""
+        per = m.num_channels // m.num_groups
+        size = self.size(x)
+        if x.factor != 1 or size != m.num_channels:
+            self.freeze(x, f"the channels of {name} could not be matched to their producers")
+            self.record(name, m, "gn", Val())
+            return self.opaque(node, f"output of {name} (GroupNorm on unmatched channels)")
+        if m.num_groups == 1:
+            self.freeze(x, f"{name} is a GroupNorm with one group (a LayerNorm over the channels: "
+                           "pruning any channel changes its statistics)")
+        offset = 0
+        for seg in x.segs:
+            space = self.spaces[seg.space].size
+            if offset % per or space % per:
+                self.freeze(x, f"{name}'s groups of {per} channels straddle two channel spaces")
+                break
+            self.ties.append((seg.space, space // per))
+            offset += space
+        self.record(name, m, "gn", x)
+        # Affine: the pruned channels' weight and bias are zeroed, so they come out zero
+        # whatever came in. Without: a group of zeros normalises to zero.
+        segs = tuple(Seg(s.space, True) if m.affine else s for s in x.segs)
+        return Val(segs, 1, x.rank)
+
     def call_module(self, node, name: str, m: nn.Module, args, kwargs) -> Val:
         x = args[0] if args else next(iter(kwargs.values()), None)
         if not isinstance(x, Val) or not x.tensor:
@@ -527,6 +557,8 @@ class _Analyzer:
             if m.num_parameters == 1:
                 return x
             return self.channelwise(node, name, m, x, "prelu", m.num_parameters, False, "")
+        if isinstance(m, nn.GroupNorm):
+            return self.group_norm(node, name, m, x)
         if isinstance(m, PadShortcut):
             if len(x.segs) != 1 or x.factor != 1 or self.size(x) != m.in_channels:
                 return self.unknown(node, f"{name} (PadShortcut) on an input of several spaces", x)
@@ -773,6 +805,14 @@ def _fx_functional(A: _Analyzer, node, fn, x: Val, args, kwargs):
             return None
         return A.channelwise(node, name, m, x, "bn", m.num_features, m.affine,
                              f"{name} (BatchNorm without affine)")
+    if fn is F.group_norm:
+        groups = _arg(args, kwargs, 1, "num_groups")
+        weight, bias = raw(2, "weight"), raw(3, "bias")
+        name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
+        if m is None or not isinstance(m, nn.GroupNorm) or groups != m.num_groups or \
+                (weight is None) == m.affine or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+            return None
+        return A.group_norm(node, name, m, x)
     if fn in (F.conv1d, F.conv2d, F.conv3d, F.linear):
         name, m = _fx_owner(A, raw(1, "weight"), "weight")
         bias = raw(2, "bias")
@@ -956,6 +996,18 @@ def _visit_export(A: _Analyzer, node, user_inputs):
         out = A.channelwise(node, name, m, x, "bn", m.num_features, m.affine,
                             f"{name} (BatchNorm without affine)")
         return out if opname == "batch_norm" else Tup((out, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR))
+    if opname in ("group_norm", "native_group_norm"):
+        # group_norm(input, num_groups, weight, bias, eps, cudnn_enabled);
+        # native_group_norm(input, weight, bias, N, C, HxW, group, eps) -> (out, mean, rstd)
+        native = opname == "native_group_norm"
+        weight = node.args[1] if native else _arg(node.args, node.kwargs, 2, "weight")
+        groups = node.args[6] if native else _arg(node.args, node.kwargs, 1, "num_groups")
+        name, m = _module_of(A, weight, ("weight",))
+        if m is None or not isinstance(m, nn.GroupNorm) or groups != m.num_groups or \
+                not (isinstance(x, Val) and x.tensor):
+            return A.unknown(node, full, (args, kwargs))
+        out = A.group_norm(node, name, m, x)
+        return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
     if opname == "_prelu_kernel" or opname == "prelu":
         name, m = _module_of(A, node.args[1])
         if m is None or not isinstance(m, nn.PReLU):

@@ -86,8 +86,8 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         norms = sum(row_norms)
         by_norm, candidates = norm_stage(norms, n_norm)
         first = len(queue)
-        if n_dist > 0:
-            queue += [r[candidates] for r in rows]
+        if n_dist > 0:   # no norm stage: every row is a candidate, in order (no copy)
+            queue += rows if n_norm == 0 else [r[candidates] for r in rows]
         pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, (first, len(rows)))
     scores = distance_scores_multi(queue, metric) if queue else []
     for gid, entry in pending.items():   # each group's scores summed over its producers
@@ -193,7 +193,8 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
                 if use.kind == "conv" and m.groups != 1:
                     entry["groups"] = len(inn) * m.groups // i
         else:
-            size = m.num_features if use.kind == "bn" else m.num_parameters
+            size = {"bn": "num_features", "gn": "num_channels"}.get(use.kind, "num_parameters")
+            size = getattr(m, size)
             entry["size"] = size
             idx = expand(use.in_segs, use.factor)
             if idx is None:
