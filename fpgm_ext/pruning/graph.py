@@ -18,6 +18,8 @@ are joined into a *group*:
   the group is then pruned in units of whole conv groups (``units``);
 - a GroupNorm prunes its input's spaces in units of whole GN groups (a group's statistics
   are its own channels'); with one group it is a LayerNorm over channels: left alone;
+- a weight-standardised conv (its weight normalised per filter at each forward) prunes its
+  filters and their gain, never its input channels (that would change every filter);
 - ``torch.cat`` along channels makes no join: the consumer's input channels are the
   concatenated spaces at their offsets (DenseNet);
 - flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
@@ -106,6 +108,8 @@ class Use:
     factor: int = 1                   # input features per channel (linear after flatten)
     out_space: Optional[int] = None   # conv, linear, shortcut
     grouped: bool = False             # conv with groups > 1: input tied to output by group
+    out_params: Tuple[str, ...] = ()  # other per-filter tensors pruned with the filters (a
+                                      # weight-standardised conv's gain)
 
 
 @dataclass
@@ -356,6 +360,10 @@ class _Analyzer:
         self.uses: Dict[str, Use] = {}
         self.unsupported: List[str] = []
         self.vals: Dict[str, Any] = {}
+        # fx: conv node -> (module name, module, per-filter tensors) of a weight-standardised
+        # conv, and the nodes that compute its weight (not activations: no channels)
+        self.standardised: Dict[str, Tuple[str, nn.Module, Tuple[str, ...]]] = {}
+        self.weight_nodes: set = set()
 
     # ---- spaces
     def new_space(self, size, producer, kind, reason=None) -> int:
@@ -568,6 +576,8 @@ class _Analyzer:
         if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                           nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)) and m.return_indices:
             return self.unknown(node, f"{type(m).__name__}(return_indices=True)", x)
+        if isinstance(m, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+            return self.unary(x, m.value == 0, f"{name} (ConstantPad, value {m.value})")
         if isinstance(m, nn.Hardtanh):  # ReLU6 too
             return self.unary(x, _zero_in(m.min_val, m.max_val), f"{name} (Hardtanh)")
         if isinstance(m, _PASS_MODULES):
@@ -813,6 +823,15 @@ def _fx_functional(A: _Analyzer, node, fn, x: Val, args, kwargs):
                 (weight is None) == m.affine or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
             return None
         return A.group_norm(node, name, m, x)
+    if fn in (F.conv1d, F.conv2d, F.conv3d) and node.name in A.standardised:
+        name, m, extra = A.standardised[node.name]
+        if _arg(args, kwargs, 6, "groups", 1) != m.groups:
+            return None
+        out = A.conv(node, name, m, x)
+        A.uses[name].out_params = extra
+        A.freeze(x, f"{name} standardises its weight over its input channels (weight "
+                    "standardisation): removing one changes every filter")
+        return out
     if fn in (F.conv1d, F.conv2d, F.conv3d, F.linear):
         name, m = _fx_owner(A, raw(1, "weight"), "weight")
         bias = raw(2, "bias")
@@ -828,7 +847,75 @@ def _fx_functional(A: _Analyzer, node, fn, x: Val, args, kwargs):
     return None
 
 
+def _find_standardised(A: _Analyzer, graph) -> None:
+    """Weight-standardised convs in an fx graph (timm's StdConv2d, ScaledStdConv2d): a
+    conv whose weight is its module's own weight normalised per output filter,
+    ``F.batch_norm(w.reshape(1, out, -1), None, None, [weight=gain.view(-1)],
+    training=True).reshape_as(w)``. Each filter is standardised on its own, so filters
+    (and their gain) can go; the chain's nodes compute a weight, not activations."""
+    def get_attr(n, attr):
+        name, m = _fx_owner(A, n, attr)
+        return (name, m) if m is not None else (None, None)
+
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in (F.conv1d, F.conv2d, F.conv3d):
+            continue
+        w2 = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if not (isinstance(w2, torch.fx.Node) and w2.op == "call_method" and
+                w2.target in ("reshape_as", "view_as", "reshape", "view")):
+            continue
+        bn = w2.args[0]
+        if not (isinstance(bn, torch.fx.Node) and bn.target in (F.batch_norm, torch.batch_norm)):
+            continue
+        bn_arg = lambda i, key: bn.args[i] if len(bn.args) > i else bn.kwargs.get(key)  # noqa: E731
+        flat = bn_arg(0, "input")
+        if bn_arg(1, "running_mean") is not None or bn_arg(2, "running_var") is not None or \
+                bn_arg(4, "bias") is not None or bn_arg(5, "training") is not True or \
+                not (isinstance(flat, torch.fx.Node) and flat.op == "call_method" and
+                     flat.target in ("reshape", "view")):
+            continue
+        name, m = get_attr(flat.args[0], "weight")
+        if m is None or not isinstance(m, _CONV) or \
+                tuple(flat.args[1:]) not in ((1, m.out_channels, -1), ((1, m.out_channels, -1),)):
+            continue
+        chain = [w2, bn, flat, flat.args[0]]
+        extra: List[str] = []
+        gain = bn_arg(3, "weight")
+        if gain is not None:   # (gain [* scale]).view(-1): per-filter tensors of the module
+            if not (isinstance(gain, torch.fx.Node) and gain.op == "call_method" and
+                    gain.target in ("view", "reshape") and tuple(gain.args[1:]) in ((-1,), ((-1,),))):
+                continue
+            prod = gain.args[0]
+            chain.append(gain)
+            factors = [prod]
+            if isinstance(prod, torch.fx.Node) and prod.op == "call_function" and prod.target is operator.mul:
+                chain.append(prod)
+                factors = [a for a in prod.args if isinstance(a, torch.fx.Node)]
+                if len(prod.args) != 2 or any(not isinstance(a, (torch.fx.Node, float, int)) for a in prod.args):
+                    continue
+            ok = True
+            for f in factors:
+                attr = f.target.rpartition(".")[2] if isinstance(f, torch.fx.Node) and f.op == "get_attr" else ""
+                owner, mm = get_attr(f, attr) if attr else (None, None)
+                t = getattr(mm, attr, None) if mm is not None else None
+                if owner != name or not isinstance(t, torch.Tensor) or t.shape[:1] != (m.out_channels,) or \
+                        t.numel() != m.out_channels:
+                    ok = False
+                    break
+                chain.append(f)
+                extra.append(attr)
+            if not ok:
+                continue
+        inside = {c.name for c in chain} | {node.name}
+        if any(u.name not in inside for c in chain for u in c.users):
+            continue   # the weight is used elsewhere too: not only a standardised conv
+        A.standardised[node.name] = (name, m, tuple(extra))
+        A.weight_nodes.update(c.name for c in chain)
+
+
 def _visit_fx(A: _Analyzer, node, gm):
+    if node.name in A.weight_nodes:
+        return NOT_TENSOR
     args = _map_args(node.args, A.vals)
     kwargs = _map_args(node.kwargs, A.vals)
     op, target = node.op, node.target
@@ -1061,6 +1148,8 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
     shapes (fx only), so that ``prune`` need not run the model again to measure it."""
     graph, shapes, tracer, names, owner = trace(model, example_inputs, method, flops)
     A = _Analyzer(model, shapes, tracer, names)
+    if tracer == "fx":
+        _find_standardised(A, graph)
     for node in graph.nodes:
         if tracer == "fx":
             val = _visit_fx(A, node, owner)

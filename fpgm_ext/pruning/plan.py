@@ -289,11 +289,24 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
                 k = gather(w.reshape(o * i, -1), 0, combined)
                 shape = (len(out), len(inn)) + tuple(w.shape[2:])
             kb = gather(m.bias, 0, out) if m.bias is not None else None
+            extra = {}   # other per-filter tensors (a weight-standardised conv's gain)
+            for attr in e.get("out_params", ()) if "out" in e else ():
+                t = getattr(m, attr, None)
+                if not isinstance(t, torch.Tensor) or t.shape[0] != o:
+                    raise ValueError(f"fpgm_ext.apply_plan: the plan prunes {name}.{attr} with its "
+                                     f"filters, but it is not a tensor of {o} filters")
+                extra[attr] = (gather(t, 0, out), tuple(t.shape[1:]))
 
-            def done(res, m=m, k=k, kb=kb, shape=shape, out=out, inn=inn, groups=groups, conv=conv):
+            def done(res, m=m, k=k, kb=kb, shape=shape, out=out, inn=inn, groups=groups, conv=conv,
+                     extra=extra):
                 m.weight = nn.Parameter(res[k].reshape(shape), requires_grad=m.weight.requires_grad)
                 if kb is not None:
                     m.bias = nn.Parameter(res[kb], requires_grad=m.bias.requires_grad)
+                for attr, (ke, rest) in extra.items():
+                    old = getattr(m, attr)
+                    new = res[ke].reshape((len(out),) + rest)
+                    setattr(m, attr, nn.Parameter(new, requires_grad=old.requires_grad)
+                            if isinstance(old, nn.Parameter) else new)
                 if conv:
                     m.out_channels, m.in_channels, m.groups = len(out), len(inn), groups
                 else:

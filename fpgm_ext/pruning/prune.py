@@ -188,6 +188,8 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
                 continue
             if out is not None:
                 entry["out"] = out
+                if use.out_params:
+                    entry["out_params"] = list(use.out_params)
             if inn is not None:
                 entry["in"] = inn
                 if use.kind == "conv" and m.groups != 1:
