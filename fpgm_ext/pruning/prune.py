@@ -222,6 +222,40 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
     return Plan(modules=modules, groups=groups, meta=meta)
 
 
+def _channels(analysis, keep=lambda g: True) -> int:
+    """Output channels of the conv and linear layers in the groups ``keep`` accepts."""
+    spaces = analysis.spaces
+    return sum(spaces[s].size or 0 for g in analysis.groups if keep(g)
+               for s in g.spaces if spaces[s].kind in ("conv", "linear"))
+
+
+def _prunable(analysis) -> int:
+    return _channels(analysis, lambda g: not g.reasons)
+
+
+def _analyse(model, example_inputs, trace: str, flops=None):
+    """(analysis, why this tracer). ``trace="auto"``: torch.fx's analysis; where fx leaves
+    at least a quarter of the conv and linear channels alone for ops it does not know (and
+    example inputs allow it), torch.export's too, and whichever leaves more channels
+    prunable (fx on a tie). torch.export costs seconds (more on its first call in a
+    process); models fx (nearly) fully understands, most CNNs, pay for one trace only."""
+    analysis = _graph.analyse(model, example_inputs, trace, flops=flops)
+    if trace != "auto" or analysis.tracer != "fx" or not analysis.unsupported or example_inputs is None:
+        return analysis, ""
+    blocked = _channels(analysis, lambda g: any("unsupported op" in r for r in g.reasons))
+    if 4 * blocked < _channels(analysis):
+        return analysis, ""
+    try:
+        other = _graph.analyse(model, example_inputs, "export")
+    except _graph.TraceFailure:
+        return analysis, "torch.export could not trace it either"
+    ours, theirs = _prunable(analysis), _prunable(other)
+    if theirs > ours:
+        return other, (f"trace='auto' kept torch.export's analysis: {theirs} prunable channels "
+                       f"against torch.fx's {ours}")
+    return analysis, f"trace='auto' kept torch.fx's analysis ({ours} prunable channels, torch.export {theirs})"
+
+
 def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
             round_to, ops, cache: Optional[Dict[int, Any]] = None) -> Plan:
     """The plan of ``model`` (already analysed): frozen groups, selection, plan."""
@@ -258,7 +292,7 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
     example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
                                               min_channels, round_to, trace)
     if analysis is None:
-        analysis = _graph.analyse(model, example_inputs, trace)
+        analysis, _ = _analyse(model, example_inputs, trace)
     return _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
                    round_to, ops)
 
@@ -329,7 +363,10 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         round_to: kept channel counts rounded up to a multiple of this (e.g. 8), where the
             layer has that many channels to keep.
         inplace: prune ``model`` itself instead of a copy.
-        trace: "auto" (fx, else export), "fx" or "export".
+        trace: "auto", "fx" or "export". "auto": torch.fx, else torch.export; where fx
+            traces but leaves a quarter or more of the channels alone for ops it does not
+            know, torch.export's analysis too (about a second more), and the one that
+            prunes more (``report.tracer``, ``report.tracer_note``).
         measure: measure FLOPs and parameters with FlopCounterMode (needs example_inputs).
         target_flops, target_params: instead of ``rate_dist``, the fraction of the FLOPs
             (measured as above) or of the parameters to remove, e.g. 0.5: the uniform
@@ -348,7 +385,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     do_measure = measure and example_inputs is not None
     recorder = _flops.FlopRecorder() if do_measure else None
     t = time.perf_counter()
-    analysis = _graph.analyse(model, example_inputs, trace, flops=recorder)
+    analysis, tracer_note = _analyse(model, example_inputs, trace, flops=recorder)
     timings["trace and analyse"] = time.perf_counter() - t
 
     layers_before = _layers(model)
@@ -404,7 +441,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
                                 after.layer_flops.get(name) if after else None, p, p2))
     timings["total"] = time.perf_counter() - t_start
     report = PruneReport(
-        plan=plan, tracer=analysis.tracer,
+        plan=plan, tracer=analysis.tracer, tracer_note=tracer_note,
         flops_before=before.flops if before else None, flops_after=after.flops if after else None,
         params_before=params_before, params_after=sum(p.numel() for p in pruned.parameters()),
         layers=layers, unsupported=list(dict.fromkeys(analysis.unsupported)), timings=timings,

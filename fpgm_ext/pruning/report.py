@@ -32,6 +32,7 @@ class PruneReport:
     unsupported: List[str]                        # ops the analysis did not understand
     timings: Dict[str, float] = field(default_factory=dict)
     target: Optional[Any] = None                  # target.TargetResult with target_flops/_params
+    tracer_note: str = ""                         # trace="auto": why this tracer's analysis
 
     @property
     def groups(self) -> List[Dict[str, Any]]:
@@ -62,6 +63,8 @@ class PruneReport:
                          f"({100 * self.flops_reduction:.1f} % fewer, measured)")
         lines.append(f"  params {self.params_before:,} -> {self.params_after:,} "
                      f"({100 * self.params_reduction:.1f} % fewer)")
+        if self.tracer_note:
+            lines.append("  " + self.tracer_note)
         if self.target is not None:
             lines.append("  " + self.target.summary())
         for g in self.left_alone:
