@@ -4,7 +4,8 @@
     report.plan.save("plan.json")
     same = fpgm_ext.apply_plan(fresh_model, "plan.json")   # then load_state_dict(pruned.state_dict())
 
-graph.py  channel dependency groups from torch.fx / torch.export
+graph/    channel dependency groups from torch.fx / torch.export (tracing.py; rules.py,
+          the one table from op spelling to channel rule; analyzer.py; fx.py, export.py)
 prune.py  prune(): scores (one distance_scores_multi call), the two-stage selection of
           fpgm_ext.selection per group (with PadShortcut constraints), plan;
           make_plan(): the plan alone, no surgery (SoftFPGM re-plans every epoch)

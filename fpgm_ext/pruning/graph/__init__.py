@@ -1,0 +1,122 @@
+"""Channel dependency groups of a model, found from its graph, not from module names.
+
+The model is traced with ``torch.fx`` (``symbolic_trace`` with the pruner's leaf modules),
+or with ``torch.export`` where fx fails and example inputs are given. Every tensor on the
+way carries a *layout*: the channel spaces its dimension 1 is made of, in order (one for
+a conv output, several after a ``torch.cat``). A *space* is the output channels of one
+producer (a conv, a linear, a ``PadShortcut``); spaces that must lose the same channels
+are joined into a *group*:
+
+- a residual addition (``+``/``-``) joins the spaces of its operands channel for channel
+  (all producers of a residual stream form one group);
+- a product ``x * s`` (a squeeze-excitation scale) joins them too;
+- a grouped or depthwise convolution joins its input and output spaces *by conv group*:
+  the group is then pruned in units of whole conv groups (``units``);
+- a GroupNorm prunes its input's spaces in units of whole GN groups (a group's statistics
+  are its own channels'); with one group it is a LayerNorm over channels: left alone;
+- a weight-standardised conv (its weight normalised per filter at each forward) prunes its
+  filters and their gain, never its input channels (that would change every filter);
+- ``torch.cat`` along channels makes no join: the consumer's input channels are the
+  concatenated spaces at their offsets (DenseNet);
+- flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
+- a ``Linear`` on an input of rank >= 3 ([B, T, C] tokens, [B, H, W, C] channels-last)
+  works on the last dimension: its output's layout is marked ``Val.last`` and may only
+  pass elementwise ops into the next ``Linear`` (the hidden dimension of an MLP); any
+  other op leaves it alone.
+
+A space is *frozen* (left unpruned, with the reason recorded) when its channels reach
+anything the analysis does not understand: an op it does not know (reported by name),
+the model's output, the model's input, a module attribute used as a tensor, or a consumer
+that would see a pruned channel as non-zero (after a ``sigmoid``, an added constant, a
+BatchNorm without affine). A frozen space freezes its whole group: a pattern the analysis
+cannot prove safe is left unpruned, never pruned wrongly.
+
+A ``PadShortcut`` (the CIFAR ResNets' parameter-free shortcut) is a producer of its own
+output space: the streams before and after it are separate groups, and the selection
+(prune.py) prunes an output channel it feeds only together with the feeding channel.
+
+"Safe" is checked against the zeroing criterion: zeroing the pruned channels of every
+member (conv and linear filters and biases, BatchNorm weight and bias) must make every
+consumer see exactly zero in those channels; then removing them changes nothing. Each
+channel segment carries that flag (``Seg.zero``) through the graph.
+
+The package, one job per file:
+
+- ``model.py``: the dataclasses (spaces, layouts, uses, the resulting groups);
+- ``tracing.py``: fx or export tracing, node shapes, ``TraceFailure``;
+- ``rules.py``: the op table, every op spelling (module type, function, Tensor method,
+  aten op) mapped to its channel rule and whether it is elementwise, and the helpers that
+  read a rule's arguments;
+- ``analyzer.py``: ``_Analyzer``, the spaces, their joining and freezing, one method per
+  rule;
+- ``visit.py``: what both visitors share, the tensor ops' rules by name;
+- ``fx.py``, ``export.py``: the visitors of an fx and of an export graph;
+- this file: ``analyse``, which runs them, and the grouping of the joined spaces.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Dict, List
+
+from torch import nn
+
+from .analyzer import _Analyzer
+from .export import _visit_export
+from .fx import _find_standardised, _visit_fx
+from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
+from .rules import RULES, TABLE, Entry, entry_of
+from .tracing import TraceFailure, trace
+from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
+
+__all__ = ["Analysis", "Group", "Space", "Use", "Val", "Seg", "Tup", "NOT_TENSOR", "TraceFailure",
+           "analyse", "trace", "RULES", "TABLE", "Entry", "entry_of"]
+
+
+def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=None) -> Analysis:
+    """Traces ``model`` and returns its channel groups (see the module docstring).
+    ``flops``: a ``flops.FlopRecorder`` that counts the FLOPs of the run that finds the
+    shapes (fx only), so that ``prune`` need not run the model again to measure it."""
+    graph, shapes, tracer, names, owner = trace(model, example_inputs, method, flops)
+    A = _Analyzer(model, shapes, tracer, names)
+    if tracer == "fx":
+        _find_standardised(A, graph)
+    for node in graph.nodes:
+        if tracer == "fx":
+            val = _visit_fx(A, node, owner)
+        else:
+            val = _visit_export(A, node, None)
+        shape = shapes.get(node.name)
+        if isinstance(val, Val) and val.tensor and isinstance(shape, tuple) and \
+                all(isinstance(s, int) for s in shape):
+            val = replace(val, rank=len(shape))
+        A.vals[node.name] = val
+    return _finish(A)
+
+
+def _finish(A: _Analyzer) -> Analysis:
+    roots: Dict[int, List[int]] = {}
+    for s in range(len(A.spaces)):
+        roots.setdefault(A.find(s), []).append(s)
+    ties: Dict[int, List[int]] = {}
+    for s, g in A.ties:
+        ties.setdefault(A.find(s), []).append(g)
+    residual = {A.find(s) for s in A.residual_edges}
+    groups, group_of = [], {}
+    for root, spaces in sorted(roots.items()):
+        reasons: List[str] = []
+        for s in spaces:
+            for r in A.spaces[s].reasons:
+                if r not in reasons:
+                    reasons.append(r)
+        sizes = [A.spaces[s].size for s in spaces]
+        units = 0
+        for v in [z for z in sizes if z is not None] + ties.get(root, []):
+            units = math.gcd(units, v)
+        if any(z is None for z in sizes) and not reasons:
+            reasons.append("a channel count is unknown")
+        gid = len(groups)
+        groups.append(Group(gid, spaces, units, root in residual, reasons))
+        for s in spaces:
+            group_of[s] = gid
+    return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported)

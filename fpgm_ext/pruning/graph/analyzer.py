@@ -1,0 +1,390 @@
+"""The analysis proper: ``_Analyzer`` holds the channel spaces, joins them (union-find),
+freezes them with their reasons, and has one method per channel rule (a layer's, which
+records the module's ``Use``, or a tensor op's, which maps an input layout to an output
+layout). The visitors (fx.py, export.py, visit.py) decide which rule a node follows."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..layers import PadShortcut
+from .model import NOT_TENSOR, Seg, Space, Tup, Use, Val
+
+
+def _zero_in(lo, hi) -> bool:
+    return (lo is None or lo <= 0) and (hi is None or hi >= 0)
+
+
+class _Analyzer:
+    def __init__(self, model: nn.Module, shapes: Dict[str, Any], tracer: str, names: Dict[str, str]):
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.shapes = shapes
+        self.tracer = tracer
+        self.param_names = names          # export: placeholder -> FQN
+        self.spaces: List[Space] = []
+        self.parent: List[int] = []
+        self.ties: List[Tuple[int, int]] = []     # (space, conv groups): unit constraints
+        self.residual_edges: List[int] = []       # spaces joined by a residual addition
+        self.uses: Dict[str, Use] = {}
+        self.unsupported: List[str] = []
+        self.vals: Dict[str, Any] = {}
+        # fx: conv node -> (module name, module, per-filter tensors) of a weight-standardised
+        # conv, and the nodes that compute its weight (not activations: no channels)
+        self.standardised: Dict[str, Tuple[str, nn.Module, Tuple[str, ...]]] = {}
+        self.weight_nodes: set = set()
+
+    # ---- spaces
+    def new_space(self, size, producer, kind, reason=None) -> int:
+        sid = len(self.spaces)
+        self.spaces.append(Space(sid, size, producer, kind, [reason] if reason else []))
+        self.parent.append(sid)
+        return sid
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def freeze(self, val, reason: str) -> None:
+        for seg in self._segs(val):
+            if reason not in self.spaces[seg.space].reasons:
+                self.spaces[seg.space].reasons.append(reason)
+
+    def _segs(self, val):
+        if isinstance(val, Val):
+            return list(val.segs)
+        if isinstance(val, Tup):
+            return [s for v in val.items for s in self._segs(v)]
+        if isinstance(val, (list, tuple)):
+            return [s for v in val for s in self._segs(v)]
+        if isinstance(val, dict):
+            return [s for v in val.values() for s in self._segs(v)]
+        return []
+
+    def size(self, val: Val) -> Optional[int]:
+        sizes = [self.spaces[s.space].size for s in val.segs]
+        return None if not sizes or any(s is None for s in sizes) else sum(sizes)
+
+    def opaque(self, node, reason: str) -> Val:
+        shape = self.shapes.get(node.name)
+        size = shape[1] if isinstance(shape, tuple) and len(shape) >= 2 and isinstance(shape[1], int) else None
+        rank = len(shape) if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape) else None
+        return Val((Seg(self.new_space(size, node.name, "opaque", reason)),), 1, rank)
+
+    def consume(self, val: Val, who: str) -> None:
+        for seg in val.segs:
+            if not seg.zero:
+                self.freeze(Val((seg,)), f"its pruned channels would reach {who} as non-zero values "
+                                         f"(after {seg.via}, which does not map 0 to 0)")
+
+    def compatible(self, a: Sequence[Seg], b: Sequence[Seg]) -> bool:
+        return len(a) == len(b) and all(
+            self.spaces[x.space].size is not None and self.spaces[x.space].size == self.spaces[y.space].size
+            for x, y in zip(a, b))
+
+    def unknown(self, node, what: str, inputs) -> Val:
+        tensors = [s for s in self._segs(inputs)]
+        reason = f"unsupported op '{what}' (node {node.name})"
+        if tensors:
+            self.unsupported.append(reason)
+        self.freeze(inputs, reason)
+        return self.opaque(node, f"output of {reason}")
+
+    # ---- modules
+    def record(self, name, module, kind, x: Val, factor=1, out_size=None, grouped=False) -> Use:
+        use = self.uses.get(name)
+        if use is None:
+            out = self.new_space(out_size, name, kind) if out_size is not None else None
+            use = Use(name, module, kind, tuple(x.segs), factor, out, grouped)
+            self.uses[name] = use
+        elif self.compatible(use.in_segs, x.segs) and use.factor == factor:
+            for a, b in zip(use.in_segs, x.segs):   # a shared module: the same channels in
+                self.union(a.space, b.space)
+        else:
+            reason = f"{name} is called more than once on inputs made of different channels"
+            self.freeze(Val(use.in_segs), reason)
+            self.freeze(x, reason)
+            if use.out_space is not None:
+                self.freeze(Val((Seg(use.out_space),)), reason)
+        return use
+
+    def conv(self, node, name: str, m: nn.Module, x: Val) -> Val:
+        rank = x.rank if x.rank is not None else m.weight.dim()
+        if x.factor != 1:
+            return self.unknown(node, f"{type(m).__name__} on flattened features", x)
+        self.consume(x, name)
+        size = self.size(x)
+        if size != m.in_channels:
+            self.freeze(x, f"the input channels of {name} could not be matched to their producers")
+        if m.groups == 1:
+            use = self.record(name, m, "conv", x, out_size=m.out_channels)
+        else:
+            use = self.record(name, m, "conv", x, out_size=m.out_channels, grouped=True)
+            if len(x.segs) != 1 or size != m.in_channels:
+                self.freeze(Val((Seg(use.out_space),)), f"{name} is a grouped conv whose input is not "
+                                                       "one whole channel space")
+                self.freeze(x, f"{name} is a grouped conv whose input is not one whole channel space")
+            else:
+                self.union(x.segs[0].space, use.out_space)
+                self.ties.append((use.out_space, m.groups))
+        return Val((Seg(use.out_space),), 1, rank)
+
+    def linear(self, node, name: str, m: nn.Linear, x: Val) -> Val:
+        if x.rank is not None and x.rank >= 3:
+            # The features are the last dimension ([B, T, C] tokens, [B, H, W, C] channels
+            # last): the input's last-dimension space is consumed when it is one (another
+            # Linear's output, the hidden dimension of an MLP), and the output's last
+            # dimension is this layer's own space, for the next Linear to consume.
+            if x.last and x.factor == 1 and self.size(x) == m.in_features:
+                self.consume(x, name)
+                use = self.record(name, m, "linear", x, out_size=m.out_features)
+            else:
+                self.freeze(x, f"{name} (Linear) reads the last dimension of an input whose "
+                               "channels are elsewhere")
+                use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+            return Val((Seg(use.out_space),), 1, x.rank, last=True)
+        if x.rank != 2:
+            why = "of unknown rank (pass example_inputs)" if x.rank is None else f"of rank {x.rank}"
+            reason = f"{name} (Linear) is applied to an input {why}; only [N, features] inputs are pruned"
+            self.freeze(x, reason)
+            use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+            self.freeze(Val((Seg(use.out_space),)), reason)
+            return Val((Seg(use.out_space),), 1, x.rank)
+        size = self.size(x)
+        factor = x.factor
+        if size is not None and factor is None and m.in_features % size == 0:
+            factor = m.in_features // size
+        if size is None or factor is None or size * factor != m.in_features:
+            self.freeze(x, f"the input features of {name} could not be matched to their producers")
+            use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+        else:
+            self.consume(x, name)
+            use = self.record(name, m, "linear", x, factor=factor, out_size=m.out_features)
+        return Val((Seg(use.out_space),), 1, 2)
+
+    def channelwise(self, node, name: str, m: nn.Module, x: Val, kind: str, count: int,
+                    zero_out: bool, via: str) -> Val:
+        """A module with per-channel tensors (BatchNorm, PReLU): a member of every space of
+        its input, pruned at the same channels."""
+        size = self.size(x)
+        factor = x.factor
+        if size is not None and factor is None and count % size == 0:
+            factor = count // size
+        if size is None or factor is None or size * factor != count:
+            self.freeze(x, f"the channels of {name} could not be matched to their producers")
+            self.record(name, m, kind, Val())
+            factor = x.factor
+        else:
+            self.record(name, m, kind, x, factor=factor)
+        segs = tuple(Seg(s.space, True) if zero_out else
+                     (s if not s.zero else Seg(s.space, False, via)) for s in x.segs)
+        return Val(segs, factor, x.rank)
+
+    def group_norm(self, node, name: str, m: nn.GroupNorm, x: Val) -> Val:
+        """GroupNorm: a group's statistics are its own channels', so whole GN groups go or
+        stay and the rest normalise as before (exact). Each space of the input is pruned
+        in units of whole GN groups, which must not straddle two spaces. With one group
+        (a LayerNorm over the channels) any pruning changes the statistics: left alone."""
+        per = m.num_channels // m.num_groups
+        size = self.size(x)
+        if x.factor != 1 or size != m.num_channels:
+            self.freeze(x, f"the channels of {name} could not be matched to their producers")
+            self.record(name, m, "gn", Val())
+            return self.opaque(node, f"output of {name} (GroupNorm on unmatched channels)")
+        if m.num_groups == 1:
+            self.freeze(x, f"{name} is a GroupNorm with one group (a LayerNorm over the channels: "
+                           "pruning any channel changes its statistics)")
+        offset = 0
+        for seg in x.segs:
+            space = self.spaces[seg.space].size
+            if offset % per or space % per:
+                self.freeze(x, f"{name}'s groups of {per} channels straddle two channel spaces")
+                break
+            self.ties.append((seg.space, space // per))
+            offset += space
+        self.record(name, m, "gn", x)
+        # Affine: the pruned channels' weight and bias are zeroed, so they come out zero
+        # whatever came in. Without: a group of zeros normalises to zero.
+        segs = tuple(Seg(s.space, True) if m.affine else s for s in x.segs)
+        return Val(segs, 1, x.rank)
+
+    def batch_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
+        return self.channelwise(node, name, m, x, "bn", m.num_features, m.affine,
+                                f"{name} (BatchNorm without affine)")
+
+    def prelu(self, node, name: str, m: nn.PReLU, x: Val) -> Val:
+        if m.num_parameters == 1:
+            return x
+        return self.channelwise(node, name, m, x, "prelu", m.num_parameters, False, "")
+
+    def shortcut(self, node, name: str, m: PadShortcut, x: Val) -> Val:
+        """PadShortcut: the producer of its own output space (see the package docstring)."""
+        if len(x.segs) != 1 or x.factor != 1 or self.size(x) != m.in_channels:
+            return self.unknown(node, f"{name} (PadShortcut) on an input of several spaces", x)
+        self.consume(x, name)
+        use = self.record(name, m, "shortcut", x, out_size=m.out_channels)
+        return Val((Seg(use.out_space),), 1, x.rank)
+
+    def constant_pad(self, node, name: str, m: nn.Module, x: Val) -> Val:
+        return self.unary(x, m.value == 0, f"{name} (ConstantPad, value {m.value})")
+
+    # ---- tensor ops
+    def unary(self, x: Val, zero_preserving: bool, via: str) -> Val:
+        if zero_preserving:
+            return x
+        return replace(x, segs=tuple(s if not s.zero else Seg(s.space, False, via) for s in x.segs))
+
+    def flatten(self, node, x: Val, start: int, end: int) -> Val:
+        rank = x.rank
+        if rank is not None:
+            start = start % rank if rank else start
+            end = end % rank if rank else end
+        if x.factor != 1:
+            if rank == 2 and start == 1:
+                return x
+            return self.unknown(node, "flatten of flattened features", x)
+        if start != 1 or (end != -1 and (rank is None or end != rank - 1)):
+            return self.unknown(node, f"flatten(start_dim={start}, end_dim={end})", x)
+        factor = None
+        shape = self.shapes.get(self._arg_node_name(node))
+        if isinstance(shape, tuple) and len(shape) >= 2:
+            factor = math.prod(shape[2:])
+        if rank == 2:
+            factor = 1
+        return Val(x.segs, factor, 2)
+
+    def _arg_node_name(self, node):
+        first = node.args[0] if node.args else None
+        return first.name if isinstance(first, torch.fx.Node) else None
+
+    def view(self, node, x: Val, shape_args) -> Val:
+        in_shape = self.shapes.get(self._arg_node_name(node))
+        out_shape = self.shapes.get(node.name)
+        if isinstance(in_shape, tuple) and isinstance(out_shape, tuple) and in_shape and \
+                all(isinstance(s, int) for s in in_shape + out_shape):
+            if out_shape == in_shape:
+                return x
+            if len(in_shape) >= 2 and out_shape == (in_shape[0], math.prod(in_shape[1:])):
+                return self.flatten(node, replace(x, rank=len(in_shape)), 1, -1)
+            return self.unknown(node, f"view/reshape {list(in_shape)} -> {list(out_shape)}", x)
+        if len(shape_args) == 2 and shape_args[1] == -1 and shape_args[0] != -1:
+            return self.flatten(node, x, 1, -1)   # x.view(x.size(0), -1)
+        return self.unknown(node, "view/reshape", x)
+
+    def reduce(self, node, what: str, x: Val, dims, keepdim: bool) -> Val:
+        if dims is None:
+            return self.unknown(node, f"{what} over all dims", x)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if x.rank is None and any(d < 0 for d in dims):
+            return self.unknown(node, f"{what} over dims {dims} of unknown rank", x)
+        norm = [d % x.rank if x.rank else d for d in dims]
+        if 0 in norm or 1 in norm or x.factor != 1:
+            return self.unknown(node, f"{what} over dims {dims}", x)
+        rank = None if x.rank is None else (x.rank if keepdim else x.rank - len(set(norm)))
+        return Val(x.segs, 1, rank)
+
+    def cat(self, node, tensors, dim) -> Val:
+        vals = [t for t in tensors if isinstance(t, Val) and t.tensor]
+        rank = next((v.rank for v in vals if v.rank is not None), None)
+        d = dim % rank if rank else dim
+        if len(vals) != len(tensors) or d != 1 or any(v.factor != 1 for v in vals):
+            return self.unknown(node, f"cat(dim={dim})", tensors)
+        if any(self.size(v) is None for v in vals):
+            return self.unknown(node, "cat of tensors with unknown channel counts", tensors)
+        return Val(tuple(s for v in vals for s in v.segs), 1, rank)
+
+    def broadcast_one(self, node, a: Val, b: Val) -> Optional[int]:
+        """Which operand (0 or 1) broadcasts along channels (size 1), if shapes say so."""
+        shapes = [self.shapes.get(n.name) if isinstance(n, torch.fx.Node) else None for n in node.args[:2]]
+        sa, sb = shapes + [None] * (2 - len(shapes))
+        if isinstance(sa, tuple) and isinstance(sb, tuple) and len(sa) == len(sb) >= 2:
+            if sa[1] == 1 and sb[1] != 1:
+                return 0
+            if sb[1] == 1 and sa[1] != 1:
+                return 1
+        return None
+
+    def binary(self, node, kind: str, a, b) -> Val:
+        ta = isinstance(a, Val) and a.tensor
+        tb = isinstance(b, Val) and b.tensor
+        if not ta and not tb:
+            return NOT_TENSOR
+        if kind == "div":
+            if ta and not tb:
+                return a
+            return self.unknown(node, "division by a tensor", (a, b))
+        if not (ta and tb):   # with a python number
+            x = a if ta else b
+            if kind == "mul":
+                return x
+            const = b if ta else a
+            if isinstance(const, (int, float)) and const == 0:
+                return x
+            return self.unary(x, False, f"{node.name} (adds a constant)")
+        if (a.rank is not None and b.rank is not None and a.rank != b.rank) or a.factor != b.factor:
+            return self.unknown(node, f"{kind} of tensors of different layouts", (a, b))
+        one = self.broadcast_one(node, a, b)
+        if one is not None:
+            x = b if one == 0 else a
+            if kind == "mul":
+                return x
+            return self.unary(x, False, f"{node.name} (adds a broadcast tensor)")
+        if not self.compatible(a.segs, b.segs):
+            reason = f"{kind} of tensors whose channels are made differently (node {node.name})"
+            self.unsupported.append(reason)
+            self.freeze((a, b), reason)
+            return a
+        segs = []
+        for x, y in zip(a.segs, b.segs):
+            if self.find(x.space) != self.find(y.space) and kind == "add":
+                self.residual_edges += [x.space, y.space]
+            self.union(x.space, y.space)
+            if kind == "add":
+                zero = x.zero and y.zero
+                via = x.via or y.via
+            else:
+                zero = x.zero or y.zero
+                via = "" if zero else x.via
+            segs.append(Seg(x.space, zero, via))
+        return Val(tuple(segs), a.factor, a.rank if a.rank is not None else b.rank)
+
+    def getitem(self, node, base, idx) -> Any:
+        if isinstance(base, Tup):
+            return base.items[idx] if isinstance(idx, int) and -len(base.items) <= idx < len(base.items) \
+                else self.unknown(node, "getitem", base)
+        if isinstance(base, Val) and not base.tensor:
+            return NOT_TENSOR
+        if isinstance(base, (list, tuple)):
+            return base[idx] if isinstance(idx, int) else self.unknown(node, "getitem", base)
+        if isinstance(base, Val):
+            # x[:, :, ::2, ::2] (spatial slicing): channels untouched
+            if isinstance(idx, tuple) and len(idx) >= 2 and all(isinstance(i, slice) for i in idx) \
+                    and idx[0] == slice(None) and idx[1] == slice(None) and base.factor == 1:
+                return base
+            return self.unknown(node, "tensor indexing", base)
+        return NOT_TENSOR
+
+    def pad(self, node, x: Val, pad, mode, value) -> Val:
+        spatial = x.rank is not None and len(pad) <= 2 * (x.rank - 2) and x.factor == 1
+        if spatial and (mode != "constant" or value in (None, 0, 0.0)):
+            return x
+        return self.unknown(node, f"pad {list(pad)} mode={mode}", x)
+
+    def hardtanh(self, x: Val, lo, hi, via) -> Val:
+        return self.unary(x, _zero_in(lo, hi), via)
+
+    def clamp(self, x: Val, lo, hi, via) -> Val:
+        if not (lo is None or isinstance(lo, (int, float))) or not (hi is None or isinstance(hi, (int, float))):
+            return self.unary(x, False, via)
+        return self.unary(x, _zero_in(lo, hi), via)

@@ -1,0 +1,113 @@
+"""The visitor of a torch.export graph: each ATen op looked up in the table by its name
+(rules.py) and its rule applied; the layers' ops (convolution, linear, batch and group
+norm, prelu) find their module from the parameter placeholder they are given."""
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import nn
+
+from .analyzer import _Analyzer
+from .model import NOT_TENSOR, Tup, Val
+from .rules import BN, CONV, Call, _arg, conv_groups, entry_of, group_norm_args
+from .visit import _last_axis, _map_args, apply
+
+
+def _module_of(A: _Analyzer, node_arg, suffix_ok=("weight", "running_mean")):
+    """The module owning a parameter placeholder of an exported graph."""
+    if not isinstance(node_arg, torch.fx.Node):
+        return None, None
+    fqn = A.param_names.get(node_arg.name)
+    if not fqn:
+        return None, None
+    name, _, attr = fqn.rpartition(".")
+    m = A.modules.get(name)
+    return (name, m) if m is not None and attr in suffix_ok else (None, None)
+
+
+def _conv(A: _Analyzer, node, c: Call):
+    name, m = _module_of(A, node.args[1])
+    groups = conv_groups(node.args, node.kwargs, c.name)
+    transposed = c.name == "convolution" and _arg(node.args, node.kwargs, 6, "transposed", False)
+    if m is None or not isinstance(m, CONV) or transposed or groups != m.groups:
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    return A.conv(node, name, m, c.x)
+
+
+def _linear(A: _Analyzer, node, c: Call):
+    name, m = _module_of(A, node.args[1])
+    if m is None or not isinstance(m, nn.Linear):
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    return A.linear(node, name, m, c.x)
+
+
+def _batch_norm(A: _Analyzer, node, c: Call):
+    name, m = _module_of(A, node.args[1])
+    if m is None:
+        name, m = _module_of(A, node.args[3])
+    if m is None or not isinstance(m, BN):
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    out = A.batch_norm(node, name, m, c.x)
+    return out if c.name == "batch_norm" else Tup((out, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR))
+
+
+def _group_norm(A: _Analyzer, node, c: Call):
+    native = c.name == "native_group_norm"     # -> (out, mean, rstd)
+    groups, weight, _ = group_norm_args(node.args, node.kwargs, native)
+    name, m = _module_of(A, weight, ("weight",))
+    x = c.x
+    if m is None or not isinstance(m, nn.GroupNorm) or groups != m.num_groups or \
+            not (isinstance(x, Val) and x.tensor):
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    out = A.group_norm(node, name, m, x)
+    return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
+
+
+def _prelu(A: _Analyzer, node, c: Call):
+    name, m = _module_of(A, node.args[1])
+    if m is None or not isinstance(m, nn.PReLU):
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    return A.prelu(node, name, m, c.x)
+
+
+_LAYERS = {"conv": _conv, "linear": _linear, "bn": _batch_norm, "gn": _group_norm, "prelu": _prelu}
+# Rules applied whatever the first argument is: the layers check their input themselves,
+# cat's is a list; every other op's first argument must be a tensor.
+_ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat"} | set(_LAYERS)
+
+
+def _visit_export(A: _Analyzer, node, user_inputs):
+    args = _map_args(node.args, A.vals)
+    kwargs = _map_args(node.kwargs, A.vals)
+    if node.op == "placeholder":
+        if node.name in A.param_names:
+            return A.opaque(node, f"the parameter or buffer {A.param_names[node.name]} is used as a tensor")
+        return A.opaque(node, "the model's input channels")
+    if node.op == "output":
+        A.freeze(args, "it reaches the model's output")
+        return None
+    if node.op != "call_function":
+        return A.unknown(node, node.op, (args, kwargs))
+    target = node.target
+    opname = getattr(target, "_opname", None) or getattr(target, "__name__", str(target))
+    # tuples are unpacked by operator.getitem itself, the fx spelling
+    entry = entry_of("function", target) if target is operator.getitem else entry_of("aten", opname)
+    rule = entry.rule if entry is not None else None
+    if rule not in ("linear", "size"):     # a Linear knows the layout; a size is no use of it
+        out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise, None)
+        if out is not None:
+            return out
+    x = args[0] if args else None
+    c = Call("aten", target, args, kwargs, x, opname, str(target), node.name)
+    if rule in _LAYERS:
+        return _LAYERS[rule](A, node, c)
+    if rule in _ANY_FIRST_ARG:
+        return apply(A, node, rule, c)
+    if not (isinstance(x, Val) and x.tensor):
+        if not A._segs((args, kwargs)):
+            return NOT_TENSOR
+        return A.unknown(node, c.label, (args, kwargs))
+    if rule is None:
+        return A.unknown(node, c.label, (args, kwargs))
+    return apply(A, node, rule, c)

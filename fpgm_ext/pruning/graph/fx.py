@@ -1,0 +1,258 @@
+"""The visitor of a torch.fx graph: each call of a leaf module, a function or a Tensor
+method looked up in the table (rules.py) and its rule applied. Also what only fx graphs
+hold: the functional spellings of a layer on its own module's tensors (``_fx_functional``,
+timm's BatchNormAct2d), and weight-standardised convs, whose weight is computed in the
+graph (``_find_standardised``)."""
+from __future__ import annotations
+
+import operator
+from typing import List
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .analyzer import _Analyzer
+from .model import NOT_TENSOR, Tup, Val
+from .rules import BN, CONV, Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
+from .visit import _last_axis, _map_args, apply
+
+_CONV_FUNCS = spellings("function", "conv")
+_BN_FUNCS = spellings("function", "bn")
+_WEIGHT_RANK = {F.conv1d: 3, F.conv2d: 4, F.conv3d: 5}
+
+
+def _fx_owner(A: _Analyzer, node_arg, attr: str):
+    """(name, module) when ``node_arg`` is a get_attr of ``attr`` of a module of the model
+    (as ``module.<attr>``); else (None, None). The module comes from the model itself: the
+    traced GraphModule holds only empty containers around the attributes it reads."""
+    if not isinstance(node_arg, torch.fx.Node) or node_arg.op != "get_attr":
+        return None, None
+    name, _, last = node_arg.target.rpartition(".")
+    m = A.modules.get(name)
+    return (name, m) if m is not None and last == attr else (None, None)
+
+
+def _find_standardised(A: _Analyzer, graph) -> None:
+    """Weight-standardised convs in an fx graph (timm's StdConv2d, ScaledStdConv2d): a
+    conv whose weight is its module's own weight normalised per output filter,
+    ``F.batch_norm(w.reshape(1, out, -1), None, None, [weight=gain.view(-1)],
+    training=True).reshape_as(w)``. Each filter is standardised on its own, so filters
+    (and their gain) can go; the chain's nodes compute a weight, not activations."""
+    def get_attr(n, attr):
+        name, m = _fx_owner(A, n, attr)
+        return (name, m) if m is not None else (None, None)
+
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in _CONV_FUNCS:
+            continue
+        w2 = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        if not (isinstance(w2, torch.fx.Node) and w2.op == "call_method" and
+                w2.target in ("reshape_as", "view_as", "reshape", "view")):
+            continue
+        bn = w2.args[0]
+        if not (isinstance(bn, torch.fx.Node) and bn.target in _BN_FUNCS):
+            continue
+        bn_arg = lambda i, key: bn.args[i] if len(bn.args) > i else bn.kwargs.get(key)  # noqa: E731
+        flat = bn_arg(0, "input")
+        if bn_arg(1, "running_mean") is not None or bn_arg(2, "running_var") is not None or \
+                bn_arg(4, "bias") is not None or bn_arg(5, "training") is not True or \
+                not (isinstance(flat, torch.fx.Node) and flat.op == "call_method" and
+                     flat.target in ("reshape", "view")):
+            continue
+        name, m = get_attr(flat.args[0], "weight")
+        if m is None or not isinstance(m, CONV) or \
+                tuple(flat.args[1:]) not in ((1, m.out_channels, -1), ((1, m.out_channels, -1),)):
+            continue
+        chain = [w2, bn, flat, flat.args[0]]
+        extra: List[str] = []
+        gain = bn_arg(3, "weight")
+        if gain is not None:   # (gain [* scale]).view(-1): per-filter tensors of the module
+            if not (isinstance(gain, torch.fx.Node) and gain.op == "call_method" and
+                    gain.target in ("view", "reshape") and tuple(gain.args[1:]) in ((-1,), ((-1,),))):
+                continue
+            prod = gain.args[0]
+            chain.append(gain)
+            factors = [prod]
+            if isinstance(prod, torch.fx.Node) and prod.op == "call_function" and prod.target is operator.mul:
+                chain.append(prod)
+                factors = [a for a in prod.args if isinstance(a, torch.fx.Node)]
+                if len(prod.args) != 2 or any(not isinstance(a, (torch.fx.Node, float, int)) for a in prod.args):
+                    continue
+            ok = True
+            for f in factors:
+                attr = f.target.rpartition(".")[2] if isinstance(f, torch.fx.Node) and f.op == "get_attr" else ""
+                owner, mm = get_attr(f, attr) if attr else (None, None)
+                t = getattr(mm, attr, None) if mm is not None else None
+                if owner != name or not isinstance(t, torch.Tensor) or t.shape[:1] != (m.out_channels,) or \
+                        t.numel() != m.out_channels:
+                    ok = False
+                    break
+                chain.append(f)
+                extra.append(attr)
+            if not ok:
+                continue
+        inside = {c.name for c in chain} | {node.name}
+        if any(u.name not in inside for c in chain for u in c.users):
+            continue   # the weight is used elsewhere too: not only a standardised conv
+        A.standardised[node.name] = (name, m, tuple(extra))
+        A.weight_nodes.update(c.name for c in chain)
+
+
+def _weight_owner(A: _Analyzer, node):
+    """(name, module) owning the weight (and the bias, if any) of F.conv*d / F.linear."""
+    name, m = _fx_owner(A, _arg(node.args, node.kwargs, 1, "weight"), "weight")
+    bias = _arg(node.args, node.kwargs, 2, "bias")
+    if m is None or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+        return None, None
+    return name, m
+
+
+def _fx_batch_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
+    names = {}
+    for i, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+        arg = _arg(node.args, node.kwargs, i, key)
+        if arg is None:
+            continue
+        name, m = _fx_owner(A, arg, key)
+        if m is None:
+            return None
+        names[name] = m
+    if len(names) != 1:
+        return None
+    name, m = next(iter(names.items()))
+    if not isinstance(m, BN) or m.num_features is None or \
+            (_arg(node.args, node.kwargs, 3, "weight") is None) == m.affine:
+        return None
+    return A.batch_norm(node, name, m, x)
+
+
+def _fx_group_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
+    groups, weight, bias = group_norm_args(node.args, node.kwargs, native=False)
+    name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
+    if m is None or not isinstance(m, nn.GroupNorm) or groups != m.num_groups or \
+            (weight is None) == m.affine or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+        return None
+    return A.group_norm(node, name, m, x)
+
+
+def _fx_conv(A: _Analyzer, node, fn, x: Val, args, kwargs):
+    if node.name in A.standardised:
+        name, m, extra = A.standardised[node.name]
+        if conv_groups(args, kwargs, fn.__name__) != m.groups:
+            return None
+        out = A.conv(node, name, m, x)
+        A.uses[name].out_params = extra
+        A.freeze(x, f"{name} standardises its weight over its input channels (weight "
+                    "standardisation): removing one changes every filter")
+        return out
+    name, m = _weight_owner(A, node)
+    if m is None or not isinstance(m, CONV) or m.weight.dim() != _WEIGHT_RANK[fn] or \
+            conv_groups(args, kwargs, fn.__name__) != m.groups:
+        return None
+    return A.conv(node, name, m, x)
+
+
+def _fx_linear(A: _Analyzer, node, fn, x: Val, args, kwargs):
+    name, m = _weight_owner(A, node)
+    return A.linear(node, name, m, x) if isinstance(m, nn.Linear) else None
+
+
+_FX_LAYERS = {"bn": _fx_batch_norm, "gn": _fx_group_norm, "conv": _fx_conv, "linear": _fx_linear}
+
+
+def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
+    """Functional spellings of a supported layer on its own module's tensors, as subclasses
+    of the torch.nn layers call them from their forward (timm's BatchNormAct2d: F.batch_norm
+    on self.running_mean ... self.bias): the layer's rule, or None when the call does not
+    use exactly one module's tensors as that module would."""
+    layer = _FX_LAYERS.get(rule)
+    return layer(A, node, fn, x, args, kwargs) if layer is not None else None
+
+
+# rule -> the _Analyzer method of a leaf module with its own state
+_MODULE_LAYERS = {"conv": "conv", "linear": "linear", "bn": "batch_norm", "prelu": "prelu",
+                  "gn": "group_norm", "shortcut": "shortcut", "constant_pad": "constant_pad"}
+
+
+def _call_module(A: _Analyzer, node, c: Call, rule):
+    m, x, args, kwargs = c.target, c.x, c.args, c.kwargs
+    if not isinstance(x, Val) or not x.tensor:
+        return A.unknown(node, type(m).__name__, (args, kwargs))
+    if len([a for a in list(args) + list(kwargs.values()) if isinstance(a, (Val, Tup))]) > 1:
+        return A.unknown(node, f"{type(m).__name__} with several tensor inputs", (args, kwargs))
+    if rule == "bn" and m.num_features is None:
+        return A.unknown(node, type(m).__name__, x)
+    if rule in LAYERS:
+        return getattr(A, _MODULE_LAYERS[rule])(node, c.who, m, x)
+    if rule is None:
+        return A.unknown(node, type(m).__name__, (args, kwargs))
+    return apply(A, node, rule, c)
+
+
+# Function rules applied whatever the first argument is (an operator on a number, cat's
+# list, a tuple's item, getattr); every other function's first argument must be a tensor.
+_ANY_FIRST_ARG = {"size", "getitem", "add", "mul", "div", "cat"}
+
+
+def _visit_fx(A: _Analyzer, node, gm):
+    if node.name in A.weight_nodes:
+        return NOT_TENSOR
+    args = _map_args(node.args, A.vals)
+    kwargs = _map_args(node.kwargs, A.vals)
+    op, target = node.op, node.target
+    if op == "placeholder":
+        return A.opaque(node, "the model's input channels")
+    if op == "get_attr":
+        obj = gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, torch.Tensor):
+            return A.opaque(node, f"the module attribute {target} is used as a tensor")
+        return NOT_TENSOR
+    if op == "output":
+        A.freeze(args, "it reaches the model's output")
+        return None
+    if op == "call_module":
+        m = gm.get_submodule(target)
+        entry = entry_of("module", m)
+        rule = entry.rule if entry is not None else None
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        c = Call("module", m, args, kwargs, x, type(m).__name__, type(m).__name__, target)
+        out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,
+                         (lambda: _call_module(A, node, c, rule)) if rule == "linear" else None)
+        return out if out is not None else _call_module(A, node, c, rule)
+    kind = "method" if op == "call_method" else "function"
+    entry = entry_of(kind, target)
+    rule = entry.rule if entry is not None else None
+    if rule != "size":     # a shape query is no use of the channels
+        out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,
+                         (lambda: _fx_functional(A, node, rule, target, args[0], args, kwargs) or
+                          A.unknown(node, "F.linear", (args, kwargs)))
+                         if kind == "function" and rule == "linear" else None)
+        if out is not None:
+            return out
+    x = args[0] if args else None
+    tensor_in = isinstance(x, Val) and x.tensor
+    if kind == "method":
+        if rule == "size":
+            return NOT_TENSOR
+        c = Call("method", target, args, kwargs, x, target, f"Tensor.{target}", node.name)
+        if not tensor_in or rule is None:
+            return A.unknown(node, c.label, (args, kwargs))
+        return apply(A, node, rule, c)
+    fname = getattr(target, "__name__", str(target))
+    c = Call("function", target, args, kwargs, x, fname, fname, node.name)
+    if rule in _ANY_FIRST_ARG:
+        return apply(A, node, rule, c)
+    if not tensor_in:
+        if not A._segs((args, kwargs)):
+            return NOT_TENSOR     # arithmetic on sizes
+        return A.unknown(node, fname, (args, kwargs))
+    if kwargs.get("return_indices"):
+        return A.unknown(node, f"{fname}(return_indices=True)", x)
+    if rule in LAYERS:
+        return _fx_functional(A, node, rule, target, x, args, kwargs) or A.unknown(node, fname, (args, kwargs))
+    if rule is None:
+        return A.unknown(node, fname, (args, kwargs))
+    return apply(A, node, rule, c)

@@ -1,0 +1,89 @@
+"""What the analysis knows and what it returns: channel spaces, the layout of a graph value
+(``Val``, ``Seg``), the modules' places in the channel graph (``Use``), and the result
+(``Group``, ``Analysis``). Plain dataclasses, shared by every other file of the package."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from torch import nn
+
+
+@dataclass
+class Space:
+    """The output channels of one producer."""
+    id: int
+    size: Optional[int]
+    producer: str            # module name, or a description for inputs and opaque tensors
+    kind: str                # conv | linear | shortcut | input | opaque
+    reasons: List[str] = field(default_factory=list)  # non-empty: frozen
+
+
+@dataclass(frozen=True)
+class Seg:
+    space: int
+    zero: bool = True        # zero here when the group's pruned channels are zeroed
+    via: str = ""            # the op that made it non-zero, when it is not
+
+
+@dataclass(frozen=True)
+class Val:
+    """What the analysis knows of one graph value."""
+    segs: Tuple[Seg, ...] = ()
+    factor: Optional[int] = 1    # features per channel after a flatten (None: not yet known)
+    rank: Optional[int] = None
+    tensor: bool = True
+    last: bool = False           # the segs lay out the LAST dimension, not dim 1: the output
+                                 # of a Linear on an input of rank >= 3 (tokens, channels-last)
+
+
+@dataclass(frozen=True)
+class Tup:
+    items: Tuple[Any, ...]
+
+
+NOT_TENSOR = Val(tensor=False)
+
+
+@dataclass
+class Use:
+    """One module's place in the channel graph."""
+    name: str
+    module: nn.Module
+    kind: str                         # conv | linear | bn | prelu | shortcut
+    in_segs: Tuple[Seg, ...] = ()     # channels of its input (bn, prelu: its channels)
+    factor: int = 1                   # input features per channel (linear after flatten)
+    out_space: Optional[int] = None   # conv, linear, shortcut
+    grouped: bool = False             # conv with groups > 1: input tied to output by group
+    out_params: Tuple[str, ...] = ()  # other per-filter tensors pruned with the filters (a
+                                      # weight-standardised conv's gain)
+
+
+@dataclass
+class Group:
+    id: int
+    spaces: List[int]
+    units: int                # pruning happens in this many equal units per space
+    residual: bool            # joined by a residual addition
+    reasons: List[str]        # non-empty: left unpruned, and why
+
+
+@dataclass
+class Analysis:
+    tracer: str
+    spaces: List[Space]
+    uses: Dict[str, Use]
+    groups: List[Group]
+    group_of: Dict[int, int]          # space id -> group id
+    unsupported: List[str]            # ops not understood: "op (node): what it froze"
+
+    def producers(self, group: Group) -> List[Use]:
+        """The modules whose filters make the group's channels (its scoring members)."""
+        spaces = set(group.spaces)
+        return [u for u in self.uses.values()
+                if u.out_space in spaces and u.kind in ("conv", "linear")]
+
+    def members(self, group: Group) -> List[str]:
+        spaces = set(group.spaces)
+        return [u.name for u in self.uses.values()
+                if u.out_space in spaces or any(s.space in spaces for s in u.in_segs)]

@@ -1,0 +1,86 @@
+"""What the fx and export visitors share: a node's arguments mapped to what the analysis
+knows of them, the rule for an input laid out along its last dimension, and the rules of
+the tensor ops, keyed by the table's rule names (rules.py). Each rule reads its arguments
+through the table's helper for that rule, the same for both tracers."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+
+from .analyzer import _Analyzer
+from .model import NOT_TENSOR, Tup, Val
+from .rules import (Call, cat_args, clamp_bounds, flatten_dims, hardtanh_bounds, other_operand,
+                    pad_args, reduce_dims, slice_dim, view_shape)
+
+
+def _map_args(a, vals):
+    if isinstance(a, torch.fx.Node):
+        return vals.get(a.name, NOT_TENSOR)
+    if isinstance(a, (list, tuple)):
+        return type(a)(_map_args(v, vals) for v in a)
+    if isinstance(a, dict):
+        return {k: _map_args(v, vals) for k, v in a.items()}
+    return a
+
+
+# A value laid out along its last dimension (Val.last) goes only through ops that act on
+# each element alone (the table's ``elementwise``), into a Linear; anything else (pooling,
+# reshapes, reductions, additions, norms) leaves its channels alone, by name.
+def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear):
+    """The rule for an op some of whose inputs are laid out along their last dimension:
+    None when no input is; the input itself through an elementwise op (its only tensor);
+    ``linear()`` for a Linear (which knows the layout); else the inputs are left alone."""
+    vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, (Val, Tup))]
+    if not any(isinstance(v, Val) and v.last for v in vals):
+        return None
+    if linear is not None:
+        return linear()
+    if elementwise and len(vals) == 1:
+        return vals[0]
+    return A.unknown(node, f"{node.target} on a last-dimension layout", (args, kwargs))
+
+
+def _pass(A: _Analyzer, node, c: Call):
+    if c.kind == "module" and getattr(c.target, "return_indices", False):   # max pools
+        return A.unknown(node, f"{type(c.target).__name__}(return_indices=True)", c.x)
+    return c.x
+
+
+def _hardtanh(A: _Analyzer, node, c: Call):
+    lo, hi = hardtanh_bounds(c)
+    return A.hardtanh(c.x, lo, hi, f"{c.who} ({'Hardtanh' if c.kind == 'module' else 'hardtanh'})")
+
+
+def _slice(A: _Analyzer, node, c: Call):
+    dim, x = slice_dim(c), c.x
+    if x.rank is not None and x.factor == 1 and dim % x.rank >= 2:
+        return x
+    return A.unknown(node, c.label, x)
+
+
+# rule -> (analyzer, node, call) -> the output's Val
+TENSOR_RULES: Dict[str, Callable] = {
+    "pass": _pass,
+    "nonzero": lambda A, node, c: A.unary(c.x, False, f"{c.who} ({c.name})"),
+    "hardtanh": _hardtanh,
+    "clamp": lambda A, node, c: A.clamp(c.x, *clamp_bounds(c), f"{node.name} (clamp)"),
+    "pad": lambda A, node, c: A.pad(node, c.x, *pad_args(c)),
+    "add": lambda A, node, c: A.binary(node, "add", c.x, other_operand(c)),
+    "mul": lambda A, node, c: A.binary(node, "mul", c.x, other_operand(c)),
+    "div": lambda A, node, c: A.binary(node, "div", c.x, other_operand(c)),
+    "cat": lambda A, node, c: A.cat(node, *cat_args(c)),
+    "flatten": lambda A, node, c: A.flatten(node, c.x, *flatten_dims(c)),
+    "view": lambda A, node, c: A.view(node, c.x, view_shape(c)),
+    "reduce": lambda A, node, c: A.reduce(node, c.name, c.x, *reduce_dims(c)),
+    "slice": _slice,
+    "getitem": lambda A, node, c: A.getitem(node, c.x, c.args[1]),
+    "pool_indices": lambda A, node, c: Tup((c.x, NOT_TENSOR)),
+    "size": lambda A, node, c: NOT_TENSOR,
+    "scalar": lambda A, node, c: NOT_TENSOR,
+}
+
+
+def apply(A: _Analyzer, node, rule: str, c: Call):
+    """The output of ``node``, a call of a tensor op that follows ``rule``."""
+    return TENSOR_RULES[rule](A, node, c)
