@@ -16,8 +16,9 @@ if os.environ.get("FPGM_EXT_BACKEND") == "reference":
 
 class Ghost(nn.Module):
     """GhostNet's module: a primary conv, a cheap depthwise conv on its output, their cat,
-    then a channel slice that keeps all of it (fx keeps the slice, an op it leaves alone;
-    torch.export drops it as a no-op)."""
+    then an indexing that keeps all of it, spelled with an Ellipsis: fx keeps it as an
+    indexing the analysis leaves alone; torch.export drops it as a no-op. (Should the fx
+    rules learn this spelling, pick another op fx leaves alone and export drops.)"""
 
     def __init__(self, c_in=8, c=16):
         super().__init__()
@@ -27,7 +28,7 @@ class Ghost(nn.Module):
 
     def forward(self, x):
         a = self.primary(x)
-        return torch.cat([a, self.cheap(a)], 1)[:, :self.out_chs]
+        return torch.cat([a, self.cheap(a)], 1)[..., :]
 
 
 class Net(nn.Module):
@@ -58,3 +59,29 @@ def test_auto_stays_with_fx_when_it_understands_the_model():
     model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)))
     _, report = fpgm_ext.prune(model, torch.randn(1, 3, 8, 8), rate_dist=0.3)
     assert report.tracer == "fx" and report.tracer_note == ""
+
+
+class Slice(Ghost):
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, :self.keep]
+
+
+@pytest.mark.parametrize("keep", [32, 100, 31])
+def test_fx_channel_slice_keeping_every_channel_passes(keep):
+    """GhostNet's x[:, :out_chs] with out_chs the whole width is no slicing at all; a
+    slice that drops channels is left alone by name."""
+    torch.manual_seed(0)
+    model = randomize(nn.Sequential(nn.Conv2d(3, 8, 1), Slice(keep), nn.Conv2d(min(keep, 32), 4, 1)))
+    x = torch.randn(1, 3, 6, 6)
+    pruned, report = fpgm_ext.prune(model, x, rate_dist=0.3, trace="fx")
+    if keep >= 32:
+        assert pruned[1].primary[0].out_channels < 16
+        assert_exact(model, pruned, report.plan, x)
+    else:
+        assert pruned[1].primary[0].out_channels == 16
+        assert any("tensor indexing" in g["left_alone"] for g in report.left_alone)

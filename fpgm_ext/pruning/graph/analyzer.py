@@ -19,6 +19,13 @@ def _zero_in(lo, hi) -> bool:
     return (lo is None or lo <= 0) and (hi is None or hi >= 0)
 
 
+def _keeps_all(s: slice, size: int) -> bool:
+    """A constant slice that selects every one of ``size`` channels, in order."""
+    if not all(v is None or isinstance(v, int) for v in (s.start, s.stop, s.step)):
+        return False
+    return range(size)[s] == range(size)
+
+
 class _Analyzer:
     def __init__(self, model: nn.Module, shapes: Dict[str, Any], tracer: str, names: Dict[str, str]):
         self.model = model
@@ -368,9 +375,12 @@ class _Analyzer:
         if isinstance(base, (list, tuple)):
             return base[idx] if isinstance(idx, int) else self.unknown(node, "getitem", base)
         if isinstance(base, Val):
-            # x[:, :, ::2, ::2] (spatial slicing): channels untouched
+            # x[:, :, ::2, ::2] (spatial slicing): channels untouched; so is a channel slice
+            # that keeps every channel (GhostNet's x[:, :self.out_chs] of exactly out_chs)
+            size = self.size(base)
             if isinstance(idx, tuple) and len(idx) >= 2 and all(isinstance(i, slice) for i in idx) \
-                    and idx[0] == slice(None) and idx[1] == slice(None) and base.factor == 1:
+                    and idx[0] == slice(None) and base.factor == 1 and not base.last and \
+                    (idx[1] == slice(None) or (size is not None and _keeps_all(idx[1], size))):
                 return base
             return self.unknown(node, "tensor indexing", base)
         return NOT_TENSOR
