@@ -10,8 +10,10 @@ Models: timm (pretrained=False, nothing downloaded), BatchNorm statistics and af
 non-trivial and zero-initialised classifier heads re-drawn (tests/test_prune.py's
 ``randomize``), 96 x 96 inputs (224 for the ViT / Mixer / Swin family, whose patch grids are
 fixed). Exactness: the largest difference between the pruned model's output and the
-original's with the pruned channels zeroed (tests/test_prune.py's ``zeroed``, written from
-the plan's entries independently of the surgery), over the largest output. The ideal
+original's with the removed channels masked (tests/masking.py's ``masked_original``: the
+channels kept are read off the pruned weights by value, independently of the plan; the
+removed filters, their norm parameters and the removed inputs of every layer zeroed), over
+the largest output. The ideal
 reduction of a uniform rate r is 1 - (1 - r)^2 (every conv loses r of its filters and of
 its input channels).
 """
@@ -55,10 +57,12 @@ def _test_helpers():
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(ROOT / "tests"))
     spec.loader.exec_module(module)
-    return module.randomize, module.zeroed
+    import masking   # tests/masking.py (tests/ is on the path now)
+
+    return module.randomize, masking.masked_original
 
 
-def run_model(name: str, rate: float, randomize, zeroed) -> dict:
+def run_model(name: str, rate: float, randomize, masked_original) -> dict:
     import timm
 
     torch.manual_seed(0)  # timm draws the initial weights from the global generator
@@ -72,7 +76,7 @@ def run_model(name: str, rate: float, randomize, zeroed) -> dict:
     pruned, report = fpgm_ext.prune(model, x, rate_dist=rate)
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        ref = zeroed(model, report.plan).eval()(x)
+        ref = masked_original(model, pruned).eval()(x)
         out = pruned.eval()(x)
     error = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
     alone = report.left_alone
@@ -110,12 +114,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    randomize, zeroed = _test_helpers()
+    randomize, masked_original = _test_helpers()
     names = args.models.split(",") if args.models else MODELS
     rows = []
     for name in names:
         try:
-            rows.append(run_model(name, args.rate, randomize, zeroed))
+            rows.append(run_model(name, args.rate, randomize, masked_original))
         except Exception as exc:  # a model that cannot be built or pruned: said, not hidden
             rows.append({"model": name, "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"})
         print(table(rows[-1:], args.rate)[-1], flush=True)

@@ -24,6 +24,9 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     channel pruned wrongly shows."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
+        if isinstance(m, nn.GroupNorm) and m.affine:
+            m.weight.data = torch.rand(m.num_channels, generator=g) * 0.5 + 0.5
+            m.bias.data = torch.randn(m.num_channels, generator=g) * 0.2
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             n = m.num_features
             m.weight.data = torch.rand(n, generator=g) * 0.5 + 0.5

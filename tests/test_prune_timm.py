@@ -1,13 +1,15 @@
 """fpgm_ext.prune on timm models (pretrained=False, nothing downloaded) with default
 settings: traced with torch.fx, where timm's norm layers call F.batch_norm on their own
 tensors and token models apply their MLPs to [B, T, C]; each model pruned exactly (the outputs of the original with its pruned channels
-zeroed) and by about the uniform rate's reduction. Skipped without timm."""
+zeroed, from the plan and, independently of it, by value: tests/masking.py) and by about
+the uniform rate's reduction. Skipped without timm."""
 import os
 
 import pytest
 import torch
 
 import fpgm_ext
+from masking import assert_exact_by_value
 from test_prune import assert_exact, randomize
 
 timm = pytest.importorskip("timm")
@@ -51,3 +53,4 @@ def test_timm_model_pruned_exactly(name):
     for g in report.left_alone:
         assert g["left_alone"].strip()      # every group left alone says why
     assert_exact(model, pruned, report.plan, x)
+    assert_exact_by_value(model, pruned, x)       # the masked original without the plan
