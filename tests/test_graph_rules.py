@@ -163,6 +163,17 @@ class Clamp(nn.Module):
         return self.d(self.c(F.hardtanh(y, 0.5, 1.0)))    # 0 outside: b left alone
 
 
+class Pad(nn.Module):
+    """Spatial zero padding (TF "same" padding, aten pad in export): zeros stay zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = conv(3, 8), conv(8, 8), conv(8, 4)
+
+    def forward(self, x):
+        return self.c(self.b(F.pad(self.a(x), (0, 1, 0, 1))))
+
+
 class Tokens(nn.Module):
     """Linear -> GELU -> Linear on [B, T, C]: elementwise ops carry the last dimension."""
 
@@ -185,6 +196,7 @@ FAMILIES = {
     "reduce": (Reduce, (2, 3, 8, 8), {("a",): False, ("fc",): True}),
     "clamp": (Clamp, (2, 3, 8, 8), {("a",): False, ("b",): True, ("c",): False, ("d",): True}),
     "elementwise": (Tokens, (2, 5, 6), {("fc1",): False, ("fc2",): True}),
+    "pad": (Pad, (2, 3, 8, 8), {("a",): False, ("b",): False, ("c",): True}),
 }
 
 

@@ -130,7 +130,7 @@ _ROWS: Tuple[Tuple[str, str, bool, tuple], ...] = (
     ("function", "clamp", False, (torch.clamp, torch.clip)),
     ("aten", "clamp", False, ("clamp", "clamp_", "clip")),
     ("function", "pad", False, (F.pad,)),
-    ("aten", "pad", False, ("constant_pad_nd",)),
+    ("aten", "pad", False, ("constant_pad_nd", "pad")),
     # ------------------------------------------------ zero becomes non-zero
     ("module", "nonzero", False, (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid)),
     ("function", "nonzero", False, (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid,
@@ -282,9 +282,10 @@ def reduce_dims(c: Call):
 
 
 def pad_args(c: Call):
-    """pad: (pad, mode, value). F.pad(input, pad, mode, value) has a mode and a value
-    defaulting to None; aten constant_pad_nd(input, pad, value=0) is constant padding."""
-    if c.kind == "aten":
+    """pad: (pad, mode, value). F.pad(input, pad, mode, value) and aten pad (the same
+    arguments) have a mode and a value defaulting to None; aten constant_pad_nd(input, pad,
+    value=0) is constant padding."""
+    if c.kind == "aten" and c.name == "constant_pad_nd":
         return _arg(c.args, c.kwargs, 1, "pad"), "constant", _arg(c.args, c.kwargs, 2, "value", 0)
     return (_arg(c.args, c.kwargs, 1, "pad"), _arg(c.args, c.kwargs, 2, "mode", "constant"),
             _arg(c.args, c.kwargs, 3, "value", None))
