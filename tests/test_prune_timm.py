@@ -32,6 +32,7 @@ MODELS = {
     "repvgg_a0": 0.9,              # parallel 3x3 / 1x1 / identity branches
     "lcnet_050": 0.9,
     "resnet50_gn": 0.85,           # GroupNormAct (F.group_norm): whole GN groups
+    "ghostnet_100": 0.9,           # cat + conv shortcut: the shortcut's filters cut in two
     "vit_tiny_patch16_224": 0.35,  # token MLP hidden dims (the LayerNorm stream stays whole)
     "mixer_s16_224": 0.5,          # token-mixing and channel-mixing MLPs
 }

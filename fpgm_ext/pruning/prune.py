@@ -24,10 +24,13 @@ class PruneResult(NamedTuple):
     report: PruneReport
 
 
-def _score_rows(use, units: int) -> torch.Tensor:
-    """A producer's filters, one row per unit (a unit of several channels, for grouped
-    convolutions, is the concatenation of its filters), in float64."""
+def _score_rows(use, space, units: int) -> torch.Tensor:
+    """The filters of one of a producer's spaces (rows ``space.offset`` on), one row per
+    unit (a unit of several channels, for grouped convolutions, is the concatenation of
+    its filters), in float64."""
     w = use.module.weight.detach()
+    if space.offset or space.size != w.shape[0]:
+        w = w[space.offset:space.offset + space.size]
     return w.reshape(units, -1).to(torch.float64)
 
 
@@ -55,7 +58,7 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         if frozen[g.id]:
             continue
         units = g.units
-        producers = analysis.producers(g)
+        producers = analysis.producer_spaces(g)
         if not producers:
             frozen[g.id].append("no conv or linear produces these channels")
             continue
@@ -75,9 +78,9 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             by_norm, candidates, total = known
             pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, total)
             continue
-        rows = [_score_rows(u, units) for u in producers]
+        rows = [_score_rows(u, space, units) for u, space in producers]
         row_norms = [r.norm(dim=1) for r in rows]
-        for u, r, n in zip(producers, rows, row_norms):
+        for (u, _), r, n in zip(producers, rows, row_norms):
             # NaN or Inf in a row makes its norm NaN or Inf; only then is every element
             # looked at (a finite float64 row whose norm overflows is not an error).
             if not torch.isfinite(n).all() and not torch.isfinite(r).all():
@@ -100,8 +103,8 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             cache[gid] = (entry[2], entry[4], total)
 
     # PadShortcut constraints: (input space, output space, src, dst)
-    links = [(u.in_segs[0].space, u.out_space, u.module.src.cpu(), u.module.dst.cpu())
-             for u in analysis.uses.values() if u.kind == "shortcut" and u.in_segs]
+    links = [(u.in_segs[0].space, u.out_spaces[0], u.module.src.cpu(), u.module.dst.cpu())
+             for u in analysis.uses.values() if u.kind == "shortcut" and u.in_segs and len(u.out_spaces) == 1]
     upstream = {gid: set() for gid in pending}
     for s_in, s_out, _, _ in links:
         g_in, g_out = analysis.group_of[s_in], analysis.group_of[s_out]
@@ -182,7 +185,10 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
             else:
                 o, i = m.out_channels, m.in_channels
             entry.update(out_size=o, in_size=i)
-            out = channels.get(use.out_space)
+            out = None   # the kept filters over all of its output's spaces, if any is pruned
+            if any(sp in channels for sp in use.out_spaces):
+                out = [spaces[sp].offset + c for sp in use.out_spaces
+                       for c in channels.get(sp, range(spaces[sp].size))]
             inn = expand(use.in_segs, use.factor)
             if out is None and inn is None:
                 continue

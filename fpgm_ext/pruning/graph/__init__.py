@@ -18,6 +18,11 @@ are joined into a *group*:
   filters and their gain, never its input channels (that would change every filter);
 - ``torch.cat`` along channels makes no join: the consumer's input channels are the
   concatenated spaces at their offsets (DenseNet);
+- where layouts of the same width are cut differently (a concatenation added to one
+  conv's output, GhostNet's residual with a conv shortcut; a depthwise conv on a
+  concatenation), the analysis cuts the spaces at every boundary of either: a *sub-space*
+  is a run of a producer's channels (``Space.offset``), with a group of its own. The cuts
+  found by one pass over the graph are made by the next, until none is new;
 - flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
 - a ``Linear`` on an input of rank >= 3 ([B, T, C] tokens, [B, H, W, C] channels-last)
   works on the last dimension: its output's layout is marked ``Val.last`` and may only
@@ -78,7 +83,24 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
     ``flops``: a ``flops.FlopRecorder`` that counts the FLOPs of the run that finds the
     shapes (fx only), so that ``prune`` need not run the model again to measure it."""
     graph, shapes, tracer, names, owner = trace(model, example_inputs, method, flops)
-    A = _Analyzer(model, shapes, tracer, names)
+    # A pass may find that a producer's channels must be cut into sub-spaces (a residual
+    # addition of a concatenation, a depthwise conv on one): the next pass starts with
+    # those cuts, until none is new (or MAX_PASSES: the groups still unmatched stay frozen).
+    cuts: Dict[str, set] = {}
+    for _ in range(MAX_PASSES):
+        A = _walk(model, graph, shapes, tracer, names, owner, cuts)
+        if not A.requests:
+            break
+        for producer, at in A.requests.items():
+            cuts.setdefault(producer, set()).update(at)
+    return _finish(A)
+
+
+MAX_PASSES = 8
+
+
+def _walk(model, graph, shapes, tracer, names, owner, cuts) -> _Analyzer:
+    A = _Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()})
     if tracer == "fx":
         _find_standardised(A, graph)
     for node in graph.nodes:
@@ -91,7 +113,7 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
                 all(isinstance(s, int) for s in shape):
             val = replace(val, rank=len(shape))
         A.vals[node.name] = val
-    return _finish(A)
+    return A
 
 
 def _finish(A: _Analyzer) -> Analysis:

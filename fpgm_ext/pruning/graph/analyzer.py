@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +27,13 @@ def _keeps_all(s: slice, size: int) -> bool:
 
 
 class _Analyzer:
-    def __init__(self, model: nn.Module, shapes: Dict[str, Any], tracer: str, names: Dict[str, str]):
+    """One pass over the graph. ``cuts``: producer -> the offsets at which its output
+    channels are cut into sub-spaces (found by earlier passes); a pass that needs more
+    boundaries records them in ``requests`` for the next (``analyse`` repeats the pass
+    until no new boundary is needed)."""
+
+    def __init__(self, model: nn.Module, shapes: Dict[str, Any], tracer: str, names: Dict[str, str],
+                 cuts: Optional[Dict[str, Set[int]]] = None):
         self.model = model
         self.modules = dict(model.named_modules())
         self.shapes = shapes
@@ -44,13 +50,50 @@ class _Analyzer:
         # conv, and the nodes that compute its weight (not activations: no channels)
         self.standardised: Dict[str, Tuple[str, nn.Module, Tuple[str, ...]]] = {}
         self.weight_nodes: set = set()
+        self.cuts: Dict[str, Set[int]] = cuts or {}
+        self.requests: Dict[str, Set[int]] = {}
 
     # ---- spaces
-    def new_space(self, size, producer, kind, reason=None) -> int:
+    def new_space(self, size, producer, kind, reason=None, offset=0) -> int:
         sid = len(self.spaces)
-        self.spaces.append(Space(sid, size, producer, kind, [reason] if reason else []))
+        self.spaces.append(Space(sid, size, producer, kind, [reason] if reason else [], offset))
         self.parent.append(sid)
         return sid
+
+    def produce(self, size, producer, kind, reason=None) -> Tuple[int, ...]:
+        """A producer's output spaces: one, or the sub-spaces its ``cuts`` ask for."""
+        at = sorted(c for c in self.cuts.get(producer, ()) if size is not None and 0 < c < size)
+        bounds = [0] + at + [size]
+        if size is None:
+            return (self.new_space(size, producer, kind, reason),)
+        return tuple(self.new_space(b - a, producer, kind, reason, a) for a, b in zip(bounds, bounds[1:]))
+
+    def out_val(self, use: Use, rank, last=False) -> Val:
+        return Val(tuple(Seg(s) for s in use.out_spaces), 1, rank, last=last)
+
+    def request_cuts(self, segs: Sequence[Seg], at: Sequence[int]) -> bool:
+        """Asks the next pass for boundaries at channel offsets ``at`` of the layout
+        ``segs`` (each inside one seg); True when any is new."""
+        new, start = False, 0
+        for seg in segs:
+            space = self.spaces[seg.space]
+            end = start + (space.size or 0)
+            for q in at:
+                if start < q < end:
+                    cut = space.offset + q - start
+                    if cut not in self.cuts.get(space.producer, ()):
+                        self.requests.setdefault(space.producer, set()).add(cut)
+                        new = True
+            start = end
+        return new
+
+    def bounds(self, segs: Sequence[Seg]) -> List[int]:
+        """The channel offsets where the layout's segs end (the last is its size)."""
+        out, at = [], 0
+        for seg in segs:
+            at += self.spaces[seg.space].size or 0
+            out.append(at)
+        return out
 
     def find(self, s: int) -> int:
         while self.parent[s] != s:
@@ -87,7 +130,7 @@ class _Analyzer:
         shape = self.shapes.get(node.name)
         size = shape[1] if isinstance(shape, tuple) and len(shape) >= 2 and isinstance(shape[1], int) else None
         rank = len(shape) if isinstance(shape, tuple) and all(isinstance(s, int) for s in shape) else None
-        return Val((Seg(self.new_space(size, node.name, "opaque", reason)),), 1, rank)
+        return Val(tuple(Seg(s) for s in self.produce(size, node.name, "opaque", reason)), 1, rank)
 
     def consume(self, val: Val, who: str) -> None:
         for seg in val.segs:
@@ -112,7 +155,7 @@ class _Analyzer:
     def record(self, name, module, kind, x: Val, factor=1, out_size=None, grouped=False) -> Use:
         use = self.uses.get(name)
         if use is None:
-            out = self.new_space(out_size, name, kind) if out_size is not None else None
+            out = self.produce(out_size, name, kind) if out_size is not None else ()
             use = Use(name, module, kind, tuple(x.segs), factor, out, grouped)
             self.uses[name] = use
         elif self.compatible(use.in_segs, x.segs) and use.factor == factor:
@@ -122,8 +165,7 @@ class _Analyzer:
             reason = f"{name} is called more than once on inputs made of different channels"
             self.freeze(Val(use.in_segs), reason)
             self.freeze(x, reason)
-            if use.out_space is not None:
-                self.freeze(Val((Seg(use.out_space),)), reason)
+            self.freeze(self.out_val(use, None), reason)
         return use
 
     def conv(self, node, name: str, m: nn.Module, x: Val) -> Val:
@@ -138,14 +180,36 @@ class _Analyzer:
             use = self.record(name, m, "conv", x, out_size=m.out_channels)
         else:
             use = self.record(name, m, "conv", x, out_size=m.out_channels, grouped=True)
-            if len(x.segs) != 1 or size != m.in_channels:
-                self.freeze(Val((Seg(use.out_space),)), f"{name} is a grouped conv whose input is not "
-                                                       "one whole channel space")
-                self.freeze(x, f"{name} is a grouped conv whose input is not one whole channel space")
-            else:
-                self.union(x.segs[0].space, use.out_space)
-                self.ties.append((use.out_space, m.groups))
-        return Val((Seg(use.out_space),), 1, rank)
+            self.grouped_conv(name, m, x, use, size)
+        return self.out_val(use, rank)
+
+    def grouped_conv(self, name: str, m: nn.Module, x: Val, use: Use, size) -> None:
+        """A grouped (or depthwise) conv ties each input space to the output space over
+        the same conv groups: their boundaries must match, group for group (missing ones
+        are asked of the next pass), and each pair is pruned in whole conv groups."""
+        reason = f"{name} is a grouped conv whose input channels do not split along its groups"
+        if size != m.in_channels:
+            self.freeze(self.out_val(use, None), reason)
+            self.freeze(x, reason)
+            return
+        per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        outs = Val(tuple(Seg(s) for s in use.out_spaces))
+        b_in, b_out = self.bounds(x.segs), self.bounds(outs.segs)
+        if any(b % per_in for b in b_in) or any(b % per_out for b in b_out):
+            self.freeze(outs, reason)
+            self.freeze(x, reason)
+            return
+        want_in = sorted({b // per_out * per_in for b in b_out} | set(b_in))
+        want_out = sorted({b // per_in * per_out for b in b_in} | set(b_out))
+        if want_in != b_in or want_out != b_out:
+            self.request_cuts(x.segs, want_in)
+            self.request_cuts(outs.segs, want_out)
+            self.freeze(outs, f"{name}'s input and output channels are cut at different groups")
+            self.freeze(x, f"{name}'s input and output channels are cut at different groups")
+            return
+        for seg, out in zip(x.segs, use.out_spaces):
+            self.union(seg.space, out)
+            self.ties.append((out, self.spaces[out].size // per_out))
 
     def linear(self, node, name: str, m: nn.Linear, x: Val) -> Val:
         if x.rank is not None and x.rank >= 3:
@@ -160,14 +224,14 @@ class _Analyzer:
                 self.freeze(x, f"{name} (Linear) reads the last dimension of an input whose "
                                "channels are elsewhere")
                 use = self.record(name, m, "linear", Val(), out_size=m.out_features)
-            return Val((Seg(use.out_space),), 1, x.rank, last=True)
+            return self.out_val(use, x.rank, last=True)
         if x.rank != 2:
             why = "of unknown rank (pass example_inputs)" if x.rank is None else f"of rank {x.rank}"
             reason = f"{name} (Linear) is applied to an input {why}; only [N, features] inputs are pruned"
             self.freeze(x, reason)
             use = self.record(name, m, "linear", Val(), out_size=m.out_features)
-            self.freeze(Val((Seg(use.out_space),)), reason)
-            return Val((Seg(use.out_space),), 1, x.rank)
+            self.freeze(self.out_val(use, None), reason)
+            return self.out_val(use, x.rank)
         size = self.size(x)
         factor = x.factor
         if size is not None and factor is None and m.in_features % size == 0:
@@ -178,7 +242,7 @@ class _Analyzer:
         else:
             self.consume(x, name)
             use = self.record(name, m, "linear", x, factor=factor, out_size=m.out_features)
-        return Val((Seg(use.out_space),), 1, 2)
+        return self.out_val(use, 2)
 
     def channelwise(self, node, name: str, m: nn.Module, x: Val, kind: str, count: int,
                     zero_out: bool, via: str) -> Val:
@@ -241,7 +305,10 @@ class _Analyzer:
             return self.unknown(node, f"{name} (PadShortcut) on an input of several spaces", x)
         self.consume(x, name)
         use = self.record(name, m, "shortcut", x, out_size=m.out_channels)
-        return Val((Seg(use.out_space),), 1, x.rank)
+        if len(use.out_spaces) != 1:   # its channel map is over its whole output
+            self.freeze(self.out_val(use, None), f"{name} (PadShortcut) output cut into parts")
+            self.freeze(x, f"{name} (PadShortcut) output cut into parts")
+        return self.out_val(use, x.rank)
 
     def constant_pad(self, node, name: str, m: nn.Module, x: Val) -> Val:
         return self.unary(x, m.value == 0, f"{name} (ConstantPad, value {m.value})")
@@ -348,6 +415,15 @@ class _Analyzer:
                 return x
             return self.unary(x, False, f"{node.name} (adds a broadcast tensor)")
         if not self.compatible(a.segs, b.segs):
+            # The same channel count made of spaces cut differently (a concatenation added
+            # to one conv's output): the next pass cuts both at every boundary of either.
+            sa, sb = self.size(a), self.size(b)
+            if sa is not None and sa == sb:
+                both = sorted(set(self.bounds(a.segs)) | set(self.bounds(b.segs)))
+                if self.request_cuts(a.segs, both) | self.request_cuts(b.segs, both):
+                    self.freeze((a, b), f"{kind} of tensors whose channels are cut differently "
+                                        f"(node {node.name})")
+                    return a
             reason = f"{kind} of tensors whose channels are made differently (node {node.name})"
             self.unsupported.append(reason)
             self.freeze((a, b), reason)

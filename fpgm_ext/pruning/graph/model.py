@@ -11,12 +11,16 @@ from torch import nn
 
 @dataclass
 class Space:
-    """The output channels of one producer."""
+    """The output channels of one producer, or a run of them: where the graph needs a
+    boundary inside a producer's channels (a residual addition of a concatenation, a
+    depthwise conv on one), the analysis cuts them into sub-spaces, each with its own
+    group (see ``analyse``)."""
     id: int
     size: Optional[int]
     producer: str            # module name, or a description for inputs and opaque tensors
     kind: str                # conv | linear | shortcut | input | opaque
     reasons: List[str] = field(default_factory=list)  # non-empty: frozen
+    offset: int = 0          # its first channel among the producer's output channels
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class Use:
     kind: str                         # conv | linear | bn | prelu | shortcut
     in_segs: Tuple[Seg, ...] = ()     # channels of its input (bn, prelu: its channels)
     factor: int = 1                   # input features per channel (linear after flatten)
-    out_space: Optional[int] = None   # conv, linear, shortcut
+    out_spaces: Tuple[int, ...] = ()  # conv, linear, shortcut: its output's spaces, in order
+                                      # (one, or the sub-spaces its channels are cut into)
     grouped: bool = False             # conv with groups > 1: input tied to output by group
     out_params: Tuple[str, ...] = ()  # other per-filter tensors pruned with the filters (a
                                       # weight-standardised conv's gain)
@@ -79,11 +84,16 @@ class Analysis:
 
     def producers(self, group: Group) -> List[Use]:
         """The modules whose filters make the group's channels (its scoring members)."""
+        return list({id(u): u for u, _ in self.producer_spaces(group)}.values())
+
+    def producer_spaces(self, group: Group) -> List[Tuple[Use, Space]]:
+        """(module, space) for every space of the group a conv or linear layer produces:
+        the filters of that space are rows [space.offset, space.offset + space.size)."""
         spaces = set(group.spaces)
-        return [u for u in self.uses.values()
-                if u.out_space in spaces and u.kind in ("conv", "linear")]
+        return [(u, self.spaces[s]) for u in self.uses.values() if u.kind in ("conv", "linear")
+                for s in u.out_spaces if s in spaces]
 
     def members(self, group: Group) -> List[str]:
         spaces = set(group.spaces)
         return [u.name for u in self.uses.values()
-                if u.out_space in spaces or any(s.space in spaces for s in u.in_segs)]
+                if any(s in spaces for s in u.out_spaces) or any(s.space in spaces for s in u.in_segs)]
