@@ -26,7 +26,9 @@ MODELS = {
     "efficientnet_b0": 0.9,        # BatchNormAct2d, squeeze-excitation, depthwise
     "mobilenetv3_large_100": 0.9,  # hard-swish, SE with hard-sigmoid gates
     "regnety_002": 0.85,           # grouped convs, SE
-    "cspresnet50": 0.75,           # cross-stage partial: channel split and cat
+    "cspresnet50": 0.9,            # cross-stage partial: channel split (a graph rewrite) and cat
+    "res2net50_26w_4s": 0.9,       # torch.split into scales, cat
+    "mixnet_s": 0.85,              # mixed depthwise convs on split pieces
     "dla34": 0.9,                  # aggregation by cat
     "vovnet39a": 0.9,              # one-shot aggregation
     "repvgg_a0": 0.9,              # parallel 3x3 / 1x1 / identity branches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import operator
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,10 +36,16 @@ class Plan:
     modules: Dict[str, Dict[str, Any]]
     groups: List[Dict[str, Any]] = field(default_factory=list)
     meta: Dict[str, Any] = field(default_factory=dict)
+    # fx node -> {"op": split | narrow | slice, "sizes", "starts", "was_sizes", "was_starts"}:
+    # the channel splits of the model's own code whose sizes change (see _rewrite_graph)
+    graph: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "meta": self.meta,
-                "groups": self.groups, "modules": self.modules}
+        out = {"format": PLAN_FORMAT, "version": PLAN_VERSION, "meta": self.meta,
+               "groups": self.groups, "modules": self.modules}
+        if self.graph:
+            out["graph"] = self.graph
+        return out
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Plan":
@@ -55,7 +62,12 @@ class Plan:
         meta = d.get("meta", {})
         if not isinstance(meta, dict):
             raise ValueError("fpgm_ext: the plan's 'meta' is not a table")
-        return cls(modules=modules, groups=d.get("groups", []), meta=meta)
+        graph = d.get("graph", {})
+        if not isinstance(graph, dict):
+            raise ValueError("fpgm_ext: the plan's 'graph' is not a table")
+        for name, edit in graph.items():
+            _check_edit(name, edit)
+        return cls(modules=modules, groups=d.get("groups", []), meta=meta, graph=graph)
 
     def to_json(self, indent=None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -94,6 +106,15 @@ def _check_entry(name: str, entry: Any) -> None:
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"fpgm_ext: the plan's entry for module '{name}' is malformed: "
                              f"'{key}' must be a positive integer")
+
+
+def _check_edit(name: str, edit: Any) -> None:
+    ints = lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0  # noqa: E731
+                                                 for i in v)
+    if not isinstance(edit, dict) or edit.get("op") not in ("split", "narrow", "slice") or \
+            not all(ints(edit.get(k)) for k in ("sizes", "starts", "was_sizes", "was_starts")) or \
+            len({len(edit[k]) for k in ("sizes", "starts", "was_sizes", "was_starts")}) != 1:
+        raise ValueError(f"fpgm_ext: the plan's graph entry for node '{name}' is malformed")
 
 
 def architecture(model: nn.Module) -> Dict[str, List[Any]]:
@@ -373,7 +394,70 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
     results = gather_channels(tensors, dims, indices) if tensors else []
     for done in finish:
         done(results)
+    if plan.graph:
+        return _rewrite_graph(model, plan.graph)
     return model
+
+
+def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Module:
+    """The pruned model as a ``torch.fx.GraphModule`` of its own code with the new channel
+    sizes of its splits: a split's sizes, a narrow's or a channel slice's bounds are in
+    the model's code (e.g. ``x.split(self.width, 1)``), which pruning cannot change; the
+    traced graph can. Its submodules are the pruned model's (the same names, so its
+    state_dict is the pruned model's). Node names are the fx trace's, the same for any
+    instance of the architecture; each edit checks the node still holds the old sizes."""
+    from .graph.tracing import _fx_trace
+
+    gm = _fx_trace(model)
+    gm.train(model.training)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name, e in edits.items():
+        n = nodes.get(name)
+        if n is None or not _rewrite_node(n, e):
+            raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this model: its channel "
+                             f"split at node '{name}' ({e.get('op')} of {e.get('was_sizes')}) is not in "
+                             f"the traced {type(model).__name__}")
+    gm.recompile()
+    return gm
+
+
+def _rewrite_node(n, e) -> bool:
+    """Gives fx node ``n`` the sizes of edit ``e``; False if ``n`` is not the split the
+    edit was made for."""
+    args, kwargs = list(n.args), dict(n.kwargs)
+    arg = lambda i, key, default=None: args[i] if len(args) > i else kwargs.get(key, default)  # noqa: E731
+    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    if e["op"] == "slice":
+        if n.op != "call_function" or n.target is not operator.getitem or not isinstance(args[1], tuple):
+            return False
+        idx = list(args[1])
+        s = idx[1]
+        old = (e["was_starts"][0], e["was_starts"][0] + e["was_sizes"][0])
+        if not isinstance(s, slice) or (s.start or 0, s.stop) != old and (s.start or 0, s.stop) != (old[0], None):
+            return False
+        idx[1] = slice(e["starts"][0], e["starts"][0] + e["sizes"][0], None)
+        n.args = (args[0], tuple(idx))
+        return True
+    if e["op"] == "narrow":
+        if name != "narrow" or [arg(2, "start"), arg(3, "length")] != [e["was_starts"][0], e["was_sizes"][0]]:
+            return False
+        n.args, n.kwargs = (args[0], arg(1, "dim"), e["starts"][0], e["sizes"][0]), {}
+        return True
+    if name in ("split", "split_with_sizes"):
+        old = arg(1, "split_size_or_sections", kwargs.get("split_size", kwargs.get("split_sizes")))
+        if not (old == e["was_sizes"] or list(old if isinstance(old, (list, tuple)) else [])
+                == e["was_sizes"] or (isinstance(old, int) and old == e["was_sizes"][0])):
+            return False
+        dim = arg(2, "dim", 0)
+    elif name == "chunk":
+        if arg(1, "chunks") != len(e["was_sizes"]) and not isinstance(arg(1, "chunks"), int):
+            return False
+        dim = arg(2, "dim", 0)
+    else:
+        return False
+    n.target = "split" if n.op == "call_method" else torch.split
+    n.args, n.kwargs = (args[0], list(e["sizes"]), dim), {}
+    return True
 
 
 def pruned_masks(model: nn.Module, plan) -> Dict[str, torch.Tensor]:

@@ -225,7 +225,17 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
             "kept": kept[g.id].tolist() if g.id in kept else None,
             "left_alone": "; ".join(frozen[g.id]) if frozen[g.id] else None,
         })
-    return Plan(modules=modules, groups=groups, meta=meta)
+    # The model's own channel splits whose pieces change size: a graph rewrite (plan.py)
+    edits: Dict[str, Dict[str, Any]] = {}
+    for node, (op, segs, spans) in analysis.channel_ops.items():
+        full = [spaces[s.space].size for s in segs]
+        kept = [len(channels[s.space]) if s.space in channels else spaces[s.space].size for s in segs]
+        if kept != full:
+            edits[node] = {"op": op, "sizes": [sum(kept[a:b]) for a, b in spans],
+                           "starts": [sum(kept[:a]) for a, _ in spans],
+                           "was_sizes": [sum(full[a:b]) for a, b in spans],
+                           "was_starts": [sum(full[:a]) for a, _ in spans]}
+    return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
 
 
 def _channels(analysis, keep=lambda g: True) -> int:
@@ -368,7 +378,10 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         min_channels: at least this many channels kept in every layer.
         round_to: kept channel counts rounded up to a multiple of this (e.g. 8), where the
             layer has that many channels to keep.
-        inplace: prune ``model`` itself instead of a copy.
+        inplace: prune ``model`` itself instead of a copy. (A model whose code splits
+            channels with constant sizes comes back as a ``torch.fx.GraphModule`` with the
+            new sizes; with ``inplace=True`` its submodules are ``model``'s own, pruned,
+            and ``model``'s own forward no longer fits them: use the returned module.)
         trace: "auto", "fx" or "export". "auto": torch.fx, else torch.export; where fx
             traces but leaves a quarter or more of the channels alone for ops it does not
             know, torch.export's analysis too (about a second more), and the one that

@@ -23,6 +23,9 @@ are joined into a *group*:
   concatenation), the analysis cuts the spaces at every boundary of either: a *sub-space*
   is a run of a producer's channels (``Space.offset``), with a group of its own. The cuts
   found by one pass over the graph are made by the next, until none is new;
+- a channel split with constant sizes (fx graphs: ``split``, ``chunk``, ``narrow``, a
+  slice of dim 1) cuts its input the same way, each piece its own spaces; it is recorded
+  in ``Analysis.channel_ops`` for the surgery, which rewrites its sizes in the fx graph;
 - flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
 - a ``Linear`` on an input of rank >= 3 ([B, T, C] tokens, [B, H, W, C] channels-last)
   works on the last dimension: its output's layout is marked ``Val.last`` and may only
@@ -141,4 +144,4 @@ def _finish(A: _Analyzer) -> Analysis:
         groups.append(Group(gid, spaces, units, root in residual, reasons))
         for s in spaces:
             group_of[s] = gid
-    return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported)
+    return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported, dict(A.channel_ops))

@@ -52,6 +52,9 @@ class _Analyzer:
         self.weight_nodes: set = set()
         self.cuts: Dict[str, Set[int]] = cuts or {}
         self.requests: Dict[str, Set[int]] = {}
+        # fx node -> (op, the input's segs, each piece's [first, last) seg indices): the
+        # channel splits whose sizes the pruned model must get (a graph rewrite)
+        self.channel_ops: Dict[str, Tuple[str, Tuple[Seg, ...], List[Tuple[int, int]]]] = {}
 
     # ---- spaces
     def new_space(self, size, producer, kind, reason=None, offset=0) -> int:
@@ -455,11 +458,40 @@ class _Analyzer:
             # that keeps every channel (GhostNet's x[:, :self.out_chs] of exactly out_chs)
             size = self.size(base)
             if isinstance(idx, tuple) and len(idx) >= 2 and all(isinstance(i, slice) for i in idx) \
-                    and idx[0] == slice(None) and base.factor == 1 and not base.last and \
-                    (idx[1] == slice(None) or (size is not None and _keeps_all(idx[1], size))):
-                return base
+                    and idx[0] == slice(None) and base.factor == 1 and not base.last:
+                if idx[1] == slice(None) or (size is not None and _keeps_all(idx[1], size)):
+                    return base
+                s = idx[1]
+                if size is not None and s.step in (None, 1) and \
+                        all(v is None or isinstance(v, int) for v in (s.start, s.stop)):
+                    a, b, _ = s.indices(size)
+                    if base.rank is not None and a <= b:   # (spatial slices too: dims 2..)
+                        pieces = self.channel_pieces(node, base, [(a, b)], "slice")
+                        if pieces is not None:
+                            return pieces[0]
             return self.unknown(node, "tensor indexing", base)
         return NOT_TENSOR
+
+    def channel_pieces(self, node, x: Val, ranges, op: str) -> Optional[List[Val]]:
+        """The layouts of channel ranges [a, b) of ``x`` (split, chunk, narrow, a slice of
+        dim 1), each made of whole spaces: the spaces are cut at the ranges' ends (asked of
+        the next pass where they are not yet). None where it cannot be: the caller leaves
+        the channels alone. fx only: the pruned model gets its new sizes by a rewrite of
+        the fx graph (plan.py), which an export graph cannot give the model back."""
+        size = self.size(x)
+        if self.tracer != "fx" or x.factor != 1 or x.last or size is None or \
+                any(not 0 <= a <= b <= size for a, b in ranges):
+            return None
+        if self.request_cuts(x.segs, sorted({q for r in ranges for q in r})):
+            return None   # this pass leaves them alone; the next one has the cuts
+        ends = [0] + self.bounds(x.segs)
+        pieces, spans = [], []
+        for a, b in ranges:
+            first, last = ends.index(a), ends.index(b)
+            spans.append((first, last))
+            pieces.append(Val(x.segs[first:last], 1, x.rank))
+        self.channel_ops[node.name] = (op, tuple(x.segs), spans)
+        return pieces
 
     def pad(self, node, x: Val, pad, mode, value) -> Val:
         spatial = x.rank is not None and len(pad) <= 2 * (x.rank - 2) and x.factor == 1

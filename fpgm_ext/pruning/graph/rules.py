@@ -55,6 +55,8 @@ RULES = {
     "slice": "a slice of a spatial dim",
     "getitem": "an item of a tuple, or a spatial slicing of a tensor",
     "pool_indices": "a max pool that returns (values, indices)",
+    "split": "split / chunk / narrow along channels (fx): pieces of the layout, their spaces "
+             "cut at the pieces' ends; the pruned model gets the new sizes (a graph rewrite)",
     "size": "a shape query: not a tensor, and no use of the channels",
     "scalar": "a result that is not a tensor, read from the tensor's values",
 }
@@ -166,6 +168,8 @@ _ROWS: Tuple[Tuple[str, str, bool, tuple], ...] = (
     ("method", "reduce", False, ("mean", "sum", "amax", "amin")),
     ("aten", "reduce", False, ("mean", "sum", "amax", "amin")),
     ("aten", "slice", False, ("slice",)),
+    ("function", "split", False, (torch.split, torch.chunk, torch.narrow)),
+    ("method", "split", False, ("split", "split_with_sizes", "chunk", "narrow")),
     # ---------------------------------------------------------- not tensors
     ("function", "size", False, (getattr,)),
     ("method", "size", False, ("size", "dim", "numel", "nelement", "item", "tolist", "ndimension")),
@@ -309,3 +313,41 @@ def group_norm_args(args, kwargs, native: bool):
     if native:
         return args[6], args[1], args[2]
     return _arg(args, kwargs, 1, "num_groups"), _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+
+
+def channel_ranges(c: Call, size: Optional[int]):
+    """split / chunk / narrow: (dim, [(start, stop) of each piece]) from constant
+    arguments, or None (a size computed at run time, or not a channel split)."""
+    name = c.name
+    if name in ("split", "split_with_sizes"):
+        sizes = _arg(c.args, c.kwargs, 1, "split_size_or_sections",
+                     c.kwargs.get("split_size", c.kwargs.get("split_sizes")))
+        dim = _arg(c.args, c.kwargs, 2, "dim", 0)
+        if size is None:
+            return None
+        if isinstance(sizes, int) and sizes > 0:
+            sizes = [min(sizes, size - a) for a in range(0, size, sizes)]
+        if not (isinstance(sizes, (list, tuple)) and all(isinstance(v, int) and v >= 0 for v in sizes)
+                and sum(sizes) == size):
+            return None
+    elif name == "chunk":
+        chunks, dim = _arg(c.args, c.kwargs, 1, "chunks"), _arg(c.args, c.kwargs, 2, "dim", 0)
+        if size is None or not isinstance(chunks, int) or chunks < 1:
+            return None
+        step = -(-size // chunks)   # torch.chunk: pieces of ceil(size / chunks)
+        sizes = [min(step, size - a) for a in range(0, size, step)]
+    elif name == "narrow":
+        dim, start, length = (_arg(c.args, c.kwargs, 1, "dim"), _arg(c.args, c.kwargs, 2, "start"),
+                              _arg(c.args, c.kwargs, 3, "length"))
+        if not all(isinstance(v, int) for v in (dim, start, length)):
+            return None
+        return dim, [(start, start + length)]
+    else:
+        return None
+    if not isinstance(dim, int):
+        return None
+    ranges, at = [], 0
+    for v in sizes:
+        ranges.append((at, at + v))
+        at += v
+    return dim, ranges

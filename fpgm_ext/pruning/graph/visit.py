@@ -10,8 +10,8 @@ import torch
 
 from .analyzer import _Analyzer
 from .model import NOT_TENSOR, Tup, Val
-from .rules import (Call, cat_args, clamp_bounds, flatten_dims, hardtanh_bounds, other_operand,
-                    pad_args, reduce_dims, slice_dim, view_shape)
+from .rules import (Call, cat_args, channel_ranges, clamp_bounds, flatten_dims, hardtanh_bounds,
+                    other_operand, pad_args, reduce_dims, slice_dim, view_shape)
 
 
 def _map_args(a, vals):
@@ -59,6 +59,18 @@ def _slice(A: _Analyzer, node, c: Call):
     return A.unknown(node, c.label, x)
 
 
+def _split(A: _Analyzer, node, c: Call):
+    x = c.x
+    found = channel_ranges(c, A.size(x)) if isinstance(x, Val) and x.tensor else None
+    rank = x.rank if isinstance(x, Val) else None
+    if found is None or rank is None or found[0] % rank != 1:
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    pieces = A.channel_pieces(node, x, found[1], "narrow" if c.name == "narrow" else "split")
+    if pieces is None:
+        return A.unknown(node, c.label, (c.args, c.kwargs))
+    return pieces[0] if c.name == "narrow" else Tup(tuple(pieces))
+
+
 # rule -> (analyzer, node, call) -> the output's Val
 TENSOR_RULES: Dict[str, Callable] = {
     "pass": _pass,
@@ -74,6 +86,7 @@ TENSOR_RULES: Dict[str, Callable] = {
     "view": lambda A, node, c: A.view(node, c.x, view_shape(c)),
     "reduce": lambda A, node, c: A.reduce(node, c.name, c.x, *reduce_dims(c)),
     "slice": _slice,
+    "split": _split,
     "getitem": lambda A, node, c: A.getitem(node, c.x, c.args[1]),
     "pool_indices": lambda A, node, c: Tup((c.x, NOT_TENSOR)),
     "size": lambda A, node, c: NOT_TENSOR,
