@@ -75,7 +75,7 @@ class Mixed(nn.Module):
         y = self.pw(x)
         pieces = y.chunk(3, 1)
         y = torch.cat([dw(pieces[i]) for i, dw in enumerate(self.dws)], 1)
-        return self.a(y[:, :12]) + self.b(y.narrow(1, 12, 6))
+        return self.a(y[:, :-6]) + self.b(y.narrow(1, 12, 6))   # (a negative bound, too)
 
 
 MODELS = {"csp": CrossStage, "res2net": Res2, "mixed": Mixed}

@@ -113,7 +113,8 @@ def _check_edit(name: str, edit: Any) -> None:
                                                  for i in v)
     if not isinstance(edit, dict) or edit.get("op") not in ("split", "narrow", "slice") or \
             not all(ints(edit.get(k)) for k in ("sizes", "starts", "was_sizes", "was_starts")) or \
-            len({len(edit[k]) for k in ("sizes", "starts", "was_sizes", "was_starts")}) != 1:
+            len({len(edit[k]) for k in ("sizes", "starts", "was_sizes", "was_starts")}) != 1 or \
+            not isinstance(edit.get("was_total"), int) or isinstance(edit.get("was_total"), bool):
         raise ValueError(f"fpgm_ext: the plan's graph entry for node '{name}' is malformed")
 
 
@@ -421,19 +422,32 @@ def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Mod
     return gm
 
 
+def _pieces(sizes, total: int, chunks: bool = False):
+    """The piece sizes of split(sizes) (an int: pieces of it) or chunk(sizes) of ``total``."""
+    if isinstance(sizes, bool) or not isinstance(sizes, (int, list, tuple)):
+        return None
+    if isinstance(sizes, int):
+        if sizes < 1:
+            return None
+        step = -(-total // sizes) if chunks else sizes
+        return [min(step, total - a) for a in range(0, total, step)]
+    return list(sizes)
+
+
 def _rewrite_node(n, e) -> bool:
     """Gives fx node ``n`` the sizes of edit ``e``; False if ``n`` is not the split the
-    edit was made for."""
+    edit was made for (its constants do not give the edit's old sizes)."""
     args, kwargs = list(n.args), dict(n.kwargs)
     arg = lambda i, key, default=None: args[i] if len(args) > i else kwargs.get(key, default)  # noqa: E731
     name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    total = e["was_total"]
     if e["op"] == "slice":
         if n.op != "call_function" or n.target is not operator.getitem or not isinstance(args[1], tuple):
             return False
         idx = list(args[1])
         s = idx[1]
-        old = (e["was_starts"][0], e["was_starts"][0] + e["was_sizes"][0])
-        if not isinstance(s, slice) or (s.start or 0, s.stop) != old and (s.start or 0, s.stop) != (old[0], None):
+        if not isinstance(s, slice) or s.indices(total)[:2] != (e["was_starts"][0],
+                                                              e["was_starts"][0] + e["was_sizes"][0]):
             return False
         idx[1] = slice(e["starts"][0], e["starts"][0] + e["sizes"][0], None)
         n.args = (args[0], tuple(idx))
@@ -444,17 +458,14 @@ def _rewrite_node(n, e) -> bool:
         n.args, n.kwargs = (args[0], arg(1, "dim"), e["starts"][0], e["sizes"][0]), {}
         return True
     if name in ("split", "split_with_sizes"):
-        old = arg(1, "split_size_or_sections", kwargs.get("split_size", kwargs.get("split_sizes")))
-        if not (old == e["was_sizes"] or list(old if isinstance(old, (list, tuple)) else [])
-                == e["was_sizes"] or (isinstance(old, int) and old == e["was_sizes"][0])):
-            return False
-        dim = arg(2, "dim", 0)
+        old = _pieces(arg(1, "split_size_or_sections", kwargs.get("split_size", kwargs.get("split_sizes"))), total)
     elif name == "chunk":
-        if arg(1, "chunks") != len(e["was_sizes"]) and not isinstance(arg(1, "chunks"), int):
-            return False
-        dim = arg(2, "dim", 0)
+        old = _pieces(arg(1, "chunks"), total, chunks=True)
     else:
         return False
+    if old != e["was_sizes"]:
+        return False
+    dim = arg(2, "dim", 0)
     n.target = "split" if n.op == "call_method" else torch.split
     n.args, n.kwargs = (args[0], list(e["sizes"]), dim), {}
     return True

@@ -234,7 +234,7 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
             edits[node] = {"op": op, "sizes": [sum(kept[a:b]) for a, b in spans],
                            "starts": [sum(kept[:a]) for a, _ in spans],
                            "was_sizes": [sum(full[a:b]) for a, b in spans],
-                           "was_starts": [sum(full[:a]) for a, _ in spans]}
+                           "was_starts": [sum(full[:a]) for a, _ in spans], "was_total": sum(full)}
     return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
 
 
