@@ -46,6 +46,17 @@ class Attention(nn.Module):
         return self.out(a @ self.q(x))
 
 
+class MHA(nn.Module):
+    """A leaf module whose FLOPs are matrix products inside it (not a conv or linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
 def _pruned_counts(model, x, **kw):
     pruned, report = fpgm_ext.prune(model, x, rate_dist=0.4, **kw)
     return pruned, report, {s.name: (s.flops_before, s.flops_after) for s in report.layers}
@@ -63,10 +74,15 @@ CASES = {
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (1, 3, 32, 32)),
     "regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(num_classes=10), (1, 3, 32, 32)),
     "cifar_resnet20": (lambda: cifar_resnet(20), (2, 3, 32, 32)),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), (1, 3, 32, 32)),
     "functional_conv": (FunctionalConv, (1, 3, 16, 16)),
     "attention": (Attention, (2, 5, 16)),
+    "mha": (lambda: nn.Sequential(nn.Linear(16, 16), MHA()), (2, 5, 16)),
 }
-FAST = {"resnet18", "mobilenet_v2", "regnet_y_400mf", "cifar_resnet20"}
+FAST = {"resnet18", "mobilenet_v2", "regnet_y_400mf", "cifar_resnet20", "efficientnet_b0"}
+# no extra pass either: counted by FlopCounterMode during the analysis's forward, all in
+# the Linear (FlopCounterMode counts nothing for the fused attention kernel in eval)
+COUNTED_IN_LAYERS = FAST | {"mha"}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -78,7 +94,7 @@ def test_report_flops_are_flop_counter_counts(name, monkeypatch):
     calls = []
     monkeypatch.setattr(flops, "measure", lambda *a: calls.append(1) or real_measure(*a))
     pruned, report, layers = _pruned_counts(model, x)
-    assert calls == ([] if name in FAST else [1, 1])   # the fast path runs no extra pass
+    assert calls == ([] if name in COUNTED_IN_LAYERS else [1, 1])   # the fast path: no extra pass
     monkeypatch.undo()
     total_before, total_after, real_layers = _real_counts(model, pruned, x)
     assert (report.flops_before, report.flops_after) == (total_before, total_after)
@@ -86,6 +102,28 @@ def test_report_flops_are_flop_counter_counts(name, monkeypatch):
         assert report.flops_after < report.flops_before
     for layer, counts in real_layers.items():
         assert layers[layer] == counts, layer
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_counted_from_shapes_only_where_all_flops_are_conv_and_linear(name):
+    """The analysis's forward skips FlopCounterMode where the graph holds no other op it
+    counts (functional convs, matrix products, attention modules): the counts from the
+    output shapes then equal FlopCounterMode's, layer by layer."""
+    from fpgm_ext.pruning.graph.tracing import _fx_shapes, _fx_trace
+
+    make, shape = CASES[name]
+    torch.manual_seed(0)
+    model, x = make().eval(), torch.randn(*shape)
+    gm = _fx_trace(model)
+    assert flops.FlopRecorder.countable_from_shapes(gm) == (name in FAST)
+    recorder = flops.FlopRecorder()
+    _fx_shapes(gm, model, (x,), recorder)
+    got, real = recorder.measurement(model), flops.measure(model, (x,))
+    if name in FAST:
+        assert got.flops == real.flops and got.layer_flops == {
+            k: v for k, v in real.layer_flops.items() if k in got.layer_flops}
+        assert set(got.layer_flops) == {n for n, m in model.named_modules()
+                                        if isinstance(m, (nn.Conv2d, nn.Linear)) and real.layer_flops.get(n)}
 
 
 def test_export_tracer_measures_for_real():

@@ -5,7 +5,9 @@ FlopCounterMode counts the matrix work (convolutions, matrix products, attention
 2 FLOPs per multiply-add; BatchNorm, activations, pooling and additions count 0.
 
 ``prune`` avoids running the model only to measure it: the FLOPs before pruning are
-counted during the forward that the graph analysis runs anyway (``FlopRecorder``), and
+counted during the forward that the graph analysis runs anyway (``FlopRecorder``; where
+every op FlopCounterMode counts is in a conv or linear module, from the output shapes by
+its own formulas, without the counter's dispatch), and
 those after pruning are derived from them (``derive_pruned``) where every counted FLOP
 belongs to a conv or linear layer, whose count is proportional to its weight's size
 (the kernel, the batch and the spatial sizes do not change). Where that does not hold
@@ -14,6 +16,7 @@ either way the counts are FlopCounterMode's (tests/test_flops.py compares them).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
@@ -21,9 +24,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import _ModeGuard
+from .graph import _ModeGuard, entry_of
 
 _COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # FLOPs proportional to weight.numel()
+# graph rules (graph/rules.py) of ops FlopCounterMode counts no FLOPs for
+_NO_FLOPS = frozenset({"pass", "nonzero", "hardtanh", "clamp", "pad", "constant_pad", "add", "mul", "div",
+                       "cat", "flatten", "view", "reduce", "slice", "getitem", "size", "scalar", "split",
+                       "bn", "gn", "prelu", "shortcut", "pool_indices"})
 
 
 @dataclass
@@ -64,6 +71,7 @@ class FlopRecorder:
         self.counter = FlopCounterMode(display=False)
         self.layer_flops: Dict[str, int] = {}
         self.ran = False
+        self.total: Optional[int] = None   # set by count_from_shapes
 
     def __enter__(self):
         self.counter.__enter__()
@@ -72,6 +80,45 @@ class FlopRecorder:
     def __exit__(self, *exc):
         self.counter.__exit__(*exc)
         self.ran = exc[0] is None
+
+    @staticmethod
+    def countable_from_shapes(gm: torch.fx.GraphModule) -> bool:
+        """True when FlopCounterMode would count FLOPs in this graph's conv and linear
+        modules only: every other node is an op it counts nothing for (the graph rules'
+        elementwise, norm, pooling, layout and shape ops). Then the counts follow from the
+        output shapes alone (``count_from_shapes``) and the analysis's forward runs without
+        the counter's dispatch (about 13 ms on MobileNetV2 and ResNet-50 at 1 thread)."""
+        for n in gm.graph.nodes:
+            if n.op in ("placeholder", "output", "get_attr"):
+                continue
+            if n.op == "call_module":
+                m = gm.get_submodule(n.target)
+                if type(m) in _COUNTED:
+                    continue
+                entry = entry_of("module", m)
+            else:
+                entry = entry_of("method" if n.op == "call_method" else "function", n.target)
+            if entry is None or entry.rule not in _NO_FLOPS:
+                return False
+        return True
+
+    def count_from_shapes(self, gm: torch.fx.GraphModule, shapes: Dict[str, object]) -> None:
+        """FlopCounterMode's counts of the conv and linear modules from their output shapes:
+        2 x (output elements / output channels) x weight elements (its conv and matrix
+        product formulas); the graph must pass ``countable_from_shapes``."""
+        for n in gm.graph.nodes:
+            if n.op != "call_module":
+                continue
+            m = gm.get_submodule(n.target)
+            shape = shapes.get(n.name)
+            if type(m) not in _COUNTED or not isinstance(shape, tuple):
+                continue
+            channels = shape[1] if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else shape[-1]
+            flops = 2 * math.prod(shape) // channels * m.weight.numel()
+            if flops:
+                self.layer_flops[n.target] = self.layer_flops.get(n.target, 0) + flops
+        self.total = sum(self.layer_flops.values())
+        self.ran = True
 
     def module_call(self, name: str, call: Callable):
         start = self.counter.get_total_flops()
@@ -88,7 +135,7 @@ class FlopRecorder:
         if not self.ran:
             return None
         modules = dict(model.named_modules())
-        total = int(self.counter.get_total_flops())
+        total = self.total if self.total is not None else int(self.counter.get_total_flops())
         if any(not isinstance(modules.get(n), _COUNTED) for n in self.layer_flops) or \
                 sum(self.layer_flops.values()) != total:
             return None

@@ -101,10 +101,12 @@ def _fx_shapes(gm: torch.fx.GraphModule, model: nn.Module, example_inputs, flops
     """The output shape of every node, from one run of the traced graph; with ``flops`` (a
     ``flops.FlopRecorder``), that run also counts the model's FLOPs per called module."""
     shapes: Dict[str, Any] = {}
+    by_shapes = flops is not None and flops.countable_from_shapes(gm)
+    counting = flops is not None and not by_shapes
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
-            if flops is not None and n.op == "call_module":
+            if counting and n.op == "call_module":
                 out = flops.module_call(n.target, lambda: super(Recorder, self).run_node(n))
             else:
                 out = super().run_node(n)
@@ -112,8 +114,10 @@ def _fx_shapes(gm: torch.fx.GraphModule, model: nn.Module, example_inputs, flops
             return out
 
     inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
-    with _ModeGuard(model), (flops if flops is not None else contextlib.nullcontext()):
+    with _ModeGuard(model), (flops if counting else contextlib.nullcontext()):
         Recorder(gm).run(*inputs)
+    if by_shapes:   # FLOPs only in conv and linear modules: counted from the shapes
+        flops.count_from_shapes(gm, shapes)
     return shapes
 
 
