@@ -29,6 +29,8 @@ MODELS = {
     "cspresnet50": 0.9,            # cross-stage partial: channel split (a graph rewrite) and cat
     "res2net50_26w_4s": 0.9,       # torch.split into scales, cat
     "mixnet_s": 0.85,              # mixed depthwise convs on split pieces
+    "dpn68": 0.85,                 # dual path: channel slices of a residual and a dense part
+    "rexnet_100": 0.9,             # a residual added to a channel slice
     "dla34": 0.9,                  # aggregation by cat
     "vovnet39a": 0.9,              # one-shot aggregation
     "repvgg_a0": 0.9,              # parallel 3x3 / 1x1 / identity branches
