@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import fpgm_ext
+from fpgm_ext.pruning import PrunedGraph
 from test_prune import assert_exact, randomize
 
 if os.environ.get("FPGM_EXT_BACKEND") == "reference":
@@ -75,11 +76,11 @@ class Slice(Ghost):
 def test_fx_channel_slice(keep):
     """GhostNet's x[:, :out_chs] with out_chs the whole width is no slicing at all (the
     model keeps its class); a slice that drops channels is a split (tests/test_prune_split.py):
-    the pruned model is a GraphModule with the slice's new bound."""
+    the pruned model is a PrunedGraph with the slice's new bound."""
     torch.manual_seed(0)
     model = randomize(nn.Sequential(nn.Conv2d(3, 8, 1), Slice(keep), nn.Conv2d(min(keep, 32), 4, 1)))
     x = torch.randn(1, 3, 6, 6)
     pruned, report = fpgm_ext.prune(model, x, rate_dist=0.3, trace="fx")
-    assert pruned.get_submodule("1.primary.0").out_channels < 16   # (a GraphModule: no [1])
-    assert isinstance(pruned, torch.fx.GraphModule) == (keep < 32)
+    assert pruned.get_submodule("1.primary.0").out_channels < 16   # (a PrunedGraph: no [1])
+    assert isinstance(pruned, PrunedGraph) == (keep < 32)
     assert_exact(model, pruned, report.plan, x)

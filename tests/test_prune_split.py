@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fpgm_ext
-from fpgm_ext.pruning import apply_plan
+from fpgm_ext.pruning import PrunedGraph, apply_plan
 from fpgm_ext.pruning.plan import Plan
 from masking import assert_exact_by_value
 from test_prune import assert_exact, randomize
@@ -87,7 +87,7 @@ def test_split_pieces_pruned_exactly(name, tmp_path):
     model = randomize(MODELS[name]())
     x = torch.randn(2, 3, 10, 10)
     pruned, report = fpgm_ext.prune(model, x, rate_dist=0.4)
-    assert isinstance(pruned, torch.fx.GraphModule) and report.plan.graph
+    assert isinstance(pruned, PrunedGraph) and report.plan.graph
     assert not report.unsupported
     assert 1 - report.params_after / report.params_before > 0.25
     assert_exact(model, pruned, report.plan, x)
@@ -104,7 +104,7 @@ def test_export_leaves_splits_alone_by_name():
     """torch.export's graph cannot be handed back as the model: splits stay whole there."""
     model = randomize(CrossStage())
     pruned, report = fpgm_ext.prune(model, torch.randn(1, 3, 8, 8), rate_dist=0.4, trace="export")
-    assert not isinstance(pruned, torch.fx.GraphModule) and not report.plan.graph
+    assert not isinstance(pruned, PrunedGraph) and not report.plan.graph
     assert pruned.conv_exp[0].out_channels == 24
     assert any("split" in u for u in report.unsupported)
 
@@ -130,3 +130,39 @@ def test_a_plan_whose_split_does_not_fit_is_refused():
     plan.graph[node]["was_sizes"] = [10, 14]
     with pytest.raises(ValueError, match=f"channel split at node '{node}'"):
         apply_plan(randomize(CrossStage()), plan)
+
+
+class ModeDependent(CrossStage):
+    """A forward that branches on self.training, as timm's BatchNormAct and DropPath do:
+    fx bakes the branch into a trace, so the pruned model needs one trace per mode."""
+
+    def forward(self, x):
+        x = self.conv_exp(self.stem(x))
+        if self.training:
+            x = x * 0.5
+        xs, xb = x.split(self.expand_chs // 2, dim=1)
+        for b in self.blocks:
+            xb = xb + b(xb)
+        return self.head(self.transition(torch.cat([xs, xb], dim=1)))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_train_and_eval_branches_survive(mode):
+    """Pruned in either mode, the pruned model follows .train() / .eval() as the original
+    does (compared with the original masked by value, in both modes, BatchNorm statistics
+    included after a training step)."""
+    torch.manual_seed(0)
+    model = randomize(ModeDependent()).train(mode == "train")
+    x = torch.randn(4, 3, 8, 8)
+    pruned, report = fpgm_ext.prune(model, x, rate_dist=0.4)
+    assert isinstance(pruned, PrunedGraph)
+    from masking import masked_original
+    ref = masked_original(model, pruned)
+    for training in (False, True, False):
+        ref.train(training)
+        pruned.train(training)
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), ref(x), rtol=1e-4, atol=1e-5)
+    # the step in train mode updated the same running statistics in both
+    torch.testing.assert_close(pruned.conv_exp[1].running_mean,
+                               ref.conv_exp[1].running_mean[report.plan.modules["conv_exp.1"]["channels"]])

@@ -22,9 +22,9 @@ imports only those leaf modules of fpgm_ext (and fpgm_ext.selection), never its 
 """
 from .graph import Analysis, TraceFailure, analyse
 from .layers import PadShortcut
-from .plan import Plan, apply_plan, pruned_masks, zero_pruned
+from .plan import Plan, PrunedGraph, apply_plan, pruned_masks, zero_pruned
 from .prune import PruneResult, make_plan, prune
 from .report import LayerStat, PruneReport
 
-__all__ = ["prune", "apply_plan", "make_plan", "pruned_masks", "zero_pruned", "analyse", "Plan",
+__all__ = ["prune", "apply_plan", "make_plan", "pruned_masks", "zero_pruned", "analyse", "Plan", "PrunedGraph",
            "PruneReport", "PruneResult", "LayerStat", "PadShortcut", "Analysis", "TraceFailure"]

@@ -114,7 +114,8 @@ def _check_edit(name: str, edit: Any) -> None:
     if not isinstance(edit, dict) or edit.get("op") not in ("split", "narrow", "slice") or \
             not all(ints(edit.get(k)) for k in ("sizes", "starts", "was_sizes", "was_starts")) or \
             len({len(edit[k]) for k in ("sizes", "starts", "was_sizes", "was_starts")}) != 1 or \
-            not isinstance(edit.get("was_total"), int) or isinstance(edit.get("was_total"), bool):
+            not all(isinstance(edit.get(k), int) and not isinstance(edit.get(k), bool)
+                    for k in ("was_total", "index")):
         raise ValueError(f"fpgm_ext: the plan's graph entry for node '{name}' is malformed")
 
 
@@ -400,26 +401,62 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
     return model
 
 
+class PrunedGraph(nn.Module):
+    """A pruned model whose own code holds channel sizes (``x.split(self.width, 1)``),
+    which pruning cannot change: it runs the model's traced code with the new sizes. fx
+    bakes a forward's train / eval branches into a trace (timm's BatchNormAct passes
+    ``training=self.training`` to ``F.batch_norm``; DropPath returns early in eval), so
+    there is one trace per mode and ``forward`` runs the one of the current mode. Its
+    submodules, parameters and buffers are the pruned model's own, under the same names
+    (the same state_dict); the original class's other methods are not carried over."""
+
+    def __init__(self, root: nn.Module, graphs: Dict[bool, torch.fx.GraphModule]):
+        super().__init__()
+        for name, child in root.named_children():
+            self.add_module(name, child)
+        for name, p in root.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in root.named_buffers(recurse=False):
+            self.register_buffer(name, b, persistent=name not in root._non_persistent_buffers_set)
+        self.__dict__["_graphs"] = graphs   # not submodules: they share this one's
+        self.original_class = type(root).__name__
+        self.train(root.training)
+
+    def forward(self, *args, **kwargs):
+        return self._graphs[self.training](*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"pruned {self.original_class}, its channel splits resized"
+
+
 def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Module:
-    """The pruned model as a ``torch.fx.GraphModule`` of its own code with the new channel
-    sizes of its splits: a split's sizes, a narrow's or a channel slice's bounds are in
-    the model's code (e.g. ``x.split(self.width, 1)``), which pruning cannot change; the
-    traced graph can. Its submodules are the pruned model's (the same names, so its
-    state_dict is the pruned model's). Node names are the fx trace's, the same for any
-    instance of the architecture; each edit checks the node still holds the old sizes."""
+    """The pruned model as a ``PrunedGraph``: its fx traces in train and in eval mode with
+    the new sizes of its channel splits (a split's sizes, a narrow's or a channel slice's
+    bounds). A split is found again by its place among the trace's split-like nodes
+    (``graph.rules.split_like``); each edit checks the node holds the old sizes."""
+    from .graph.rules import split_like
     from .graph.tracing import _fx_trace
 
-    gm = _fx_trace(model)
-    gm.train(model.training)
-    nodes = {n.name: n for n in gm.graph.nodes}
-    for name, e in edits.items():
-        n = nodes.get(name)
-        if n is None or not _rewrite_node(n, e):
-            raise ValueError(f"fpgm_ext.apply_plan: the plan does not fit this model: its channel "
-                             f"split at node '{name}' ({e.get('op')} of {e.get('was_sizes')}) is not in "
-                             f"the traced {type(model).__name__}")
-    gm.recompile()
-    return gm
+    flags = [(m, m.training) for m in model.modules()]
+    graphs = {}
+    try:
+        for mode in (True, False):
+            model.train(mode)
+            gm = _fx_trace(model)
+            found = [n for n in gm.graph.nodes if split_like(n)]
+            for name, e in edits.items():
+                k = e.get("index", -1)
+                if not (0 <= k < len(found) and _rewrite_node(found[k], e)):
+                    raise ValueError(
+                        f"fpgm_ext.apply_plan: the plan does not fit this model: its channel split "
+                        f"at node '{name}' ({e.get('op')} of {e.get('was_sizes')}) is not in the "
+                        f"{'training' if mode else 'eval'}-mode trace of {type(model).__name__}")
+            gm.recompile()
+            graphs[mode] = gm
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return PrunedGraph(model, graphs)
 
 
 def _pieces(sizes, total: int, chunks: bool = False):

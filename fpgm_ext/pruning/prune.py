@@ -227,14 +227,15 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
         })
     # The model's own channel splits whose pieces change size: a graph rewrite (plan.py)
     edits: Dict[str, Dict[str, Any]] = {}
-    for node, (op, segs, spans) in analysis.channel_ops.items():
+    for node, (op, segs, spans, index) in analysis.channel_ops.items():
         full = [spaces[s.space].size for s in segs]
         kept = [len(channels[s.space]) if s.space in channels else spaces[s.space].size for s in segs]
         if kept != full:
             edits[node] = {"op": op, "sizes": [sum(kept[a:b]) for a, b in spans],
                            "starts": [sum(kept[:a]) for a, _ in spans],
                            "was_sizes": [sum(full[a:b]) for a, b in spans],
-                           "was_starts": [sum(full[:a]) for a, _ in spans], "was_total": sum(full)}
+                           "was_starts": [sum(full[:a]) for a, _ in spans], "was_total": sum(full),
+                           "index": index}
     return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
 
 
@@ -379,8 +380,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         round_to: kept channel counts rounded up to a multiple of this (e.g. 8), where the
             layer has that many channels to keep.
         inplace: prune ``model`` itself instead of a copy. (A model whose code splits
-            channels with constant sizes comes back as a ``torch.fx.GraphModule`` with the
-            new sizes; with ``inplace=True`` its submodules are ``model``'s own, pruned,
+            channels with constant sizes comes back as a ``PrunedGraph`` (plan.py) with
+            the new sizes; with ``inplace=True`` its submodules are ``model``'s own, pruned,
             and ``model``'s own forward no longer fits them: use the returned module.)
         trace: "auto", "fx" or "export". "auto": torch.fx, else torch.export; where fx
             traces but leaves a quarter or more of the channels alone for ops it does not

@@ -73,7 +73,7 @@ from .analyzer import _Analyzer
 from .export import _visit_export
 from .fx import _find_standardised, _visit_fx
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
-from .rules import RULES, TABLE, Entry, entry_of
+from .rules import RULES, TABLE, Entry, entry_of, split_like
 from .tracing import TraceFailure, trace
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
 
@@ -106,6 +106,7 @@ def _walk(model, graph, shapes, tracer, names, owner, cuts) -> _Analyzer:
     A = _Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()})
     if tracer == "fx":
         _find_standardised(A, graph)
+        A.split_index = {n.name: k for k, n in enumerate(n for n in graph.nodes if split_like(n))}
     for node in graph.nodes:
         if tracer == "fx":
             val = _visit_fx(A, node, owner)

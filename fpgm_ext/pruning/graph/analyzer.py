@@ -54,7 +54,8 @@ class _Analyzer:
         self.requests: Dict[str, Set[int]] = {}
         # fx node -> (op, the input's segs, each piece's [first, last) seg indices): the
         # channel splits whose sizes the pruned model must get (a graph rewrite)
-        self.channel_ops: Dict[str, Tuple[str, Tuple[Seg, ...], List[Tuple[int, int]]]] = {}
+        self.channel_ops: Dict[str, Tuple[str, Tuple[Seg, ...], List[Tuple[int, int]], int]] = {}
+        self.split_index: Dict[str, int] = {}   # fx node -> its place among rules.split_like nodes
 
     # ---- spaces
     def new_space(self, size, producer, kind, reason=None, offset=0) -> int:
@@ -490,7 +491,7 @@ class _Analyzer:
             first, last = ends.index(a), ends.index(b)
             spans.append((first, last))
             pieces.append(Val(x.segs[first:last], 1, x.rank))
-        self.channel_ops[node.name] = (op, tuple(x.segs), spans)
+        self.channel_ops[node.name] = (op, tuple(x.segs), spans, self.split_index.get(node.name, -1))
         return pieces
 
     def pad(self, node, x: Val, pad, mode, value) -> Val:

@@ -83,7 +83,8 @@ class Analysis:
     unsupported: List[str]            # ops not understood: "op (node): what it froze"
     # fx node -> (op, its input's segs, each piece's [first, last) seg indices): channel
     # splits (split, chunk, narrow, slices) whose sizes change with the pruning
-    channel_ops: Dict[str, Tuple[str, Tuple["Seg", ...], List[Tuple[int, int]]]] = field(default_factory=dict)
+    # (and the node's place among the graph's split-like nodes, rules.split_like)
+    channel_ops: Dict[str, Tuple[str, Tuple["Seg", ...], List[Tuple[int, int]], int]] = field(default_factory=dict)
 
     def producers(self, group: Group) -> List[Use]:
         """The modules whose filters make the group's channels (its scoring members)."""
