@@ -40,8 +40,7 @@ needs_planner = pytest.mark.skipif(not COMPILED, reason="needs fpgm_ext._C (the 
 # Packaging does not depend on the backend: checked once, not again in the fallback rerun.
 once = pytest.mark.skipif(os.environ.get("FPGM_EXT_BACKEND") == "reference", reason="checked on the default run")
 
-SCALARS = {torch.float32: "float", torch.float64: "double",
-           torch.float16: "fpgm::kernels::rtc_half", torch.bfloat16: "fpgm::kernels::rtc_bfloat16"}
+from fpgm_ext.cupy_backend.ops import SCALARS  # noqa: E402  (the element types as NVRTC spells them)
 
 
 def _plans():

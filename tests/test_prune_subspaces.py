@@ -51,12 +51,17 @@ class DepthwiseOnCat(nn.Module):
         return self.head(torch.relu(self.dw(z)) + z)
 
 
+def _analysed(make, trace):
+    """A fresh model with non-trivial norm layers, an input, and its analysis."""
+    torch.manual_seed(0)
+    model = randomize(make())
+    x = torch.randn(2, 3, 8, 8)
+    return model, x, analyse(model, (x,), trace)
+
+
 @pytest.mark.parametrize("trace", ["fx", "export"])
 def test_conv_shortcut_cut_at_the_concatenation(trace):
-    torch.manual_seed(0)
-    model = randomize(GhostResidual())
-    x = torch.randn(2, 3, 8, 8)
-    analysis = analyse(model, (x,), trace)
+    model, x, analysis = _analysed(GhostResidual, trace)
     cut = analysis.uses["shortcut.0"].out_spaces
     assert [analysis.spaces[s].size for s in cut] == [10, 10]
     assert [analysis.spaces[s].offset for s in cut] == [0, 10]
@@ -70,10 +75,7 @@ def test_conv_shortcut_cut_at_the_concatenation(trace):
 
 @pytest.mark.parametrize("trace", ["fx", "export"])
 def test_depthwise_conv_cut_along_its_input(trace):
-    torch.manual_seed(0)
-    model = randomize(DepthwiseOnCat())
-    x = torch.randn(2, 3, 8, 8)
-    analysis = analyse(model, (x,), trace)
+    model, x, analysis = _analysed(DepthwiseOnCat, trace)
     assert [analysis.spaces[s].size for s in analysis.uses["dw.0"].out_spaces] == [8, 16]
     pruned, report = fpgm_ext.prune(model, x, rate_dist=0.3, trace=trace)
     dw = pruned.dw[0]

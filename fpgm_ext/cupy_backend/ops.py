@@ -118,6 +118,8 @@ def gather_channels(runtime, tensors: Sequence[torch.Tensor], dims: Sequence[int
                 inner *= s
             rows.append((src.data_ptr(), out.data_ptr(), index.data_ptr(), index.dtype == torch.int64,
                          outer, channels, kept, inner * src.element_size()))
+            # The launch is queued after this loop: a contiguous copy dropped here could be
+            # handed out again (e.g. as a later output) before the kernel reads it.
             keep_alive += [src, index]
             outs.append(out)
         image, blocks, _ = plans.plan_gather(rows)

@@ -459,21 +459,11 @@ def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Mod
     return PrunedGraph(model, graphs)
 
 
-def _pieces(sizes, total: int, chunks: bool = False):
-    """The piece sizes of split(sizes) (an int: pieces of it) or chunk(sizes) of ``total``."""
-    if isinstance(sizes, bool) or not isinstance(sizes, (int, list, tuple)):
-        return None
-    if isinstance(sizes, int):
-        if sizes < 1:
-            return None
-        step = -(-total // sizes) if chunks else sizes
-        return [min(step, total - a) for a in range(0, total, step)]
-    return list(sizes)
-
-
 def _rewrite_node(n, e) -> bool:
     """Gives fx node ``n`` the sizes of edit ``e``; False if ``n`` is not the split the
     edit was made for (its constants do not give the edit's old sizes)."""
+    from .graph.rules import piece_sizes
+
     args, kwargs = list(n.args), dict(n.kwargs)
     arg = lambda i, key, default=None: args[i] if len(args) > i else kwargs.get(key, default)  # noqa: E731
     name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
@@ -495,9 +485,10 @@ def _rewrite_node(n, e) -> bool:
         n.args, n.kwargs = (args[0], arg(1, "dim"), e["starts"][0], e["sizes"][0]), {}
         return True
     if name in ("split", "split_with_sizes"):
-        old = _pieces(arg(1, "split_size_or_sections", kwargs.get("split_size", kwargs.get("split_sizes"))), total)
+        old = piece_sizes(arg(1, "split_size_or_sections", kwargs.get("split_size", kwargs.get("split_sizes"))),
+                          total)
     elif name == "chunk":
-        old = _pieces(arg(1, "chunks"), total, chunks=True)
+        old = piece_sizes(arg(1, "chunks"), total, chunks=True)
     else:
         return False
     if old != e["was_sizes"]:

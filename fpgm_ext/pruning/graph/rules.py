@@ -315,36 +315,41 @@ def group_norm_args(args, kwargs, native: bool):
     return _arg(args, kwargs, 1, "num_groups"), _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
 
 
+def piece_sizes(sizes, total: int, chunks: bool = False):
+    """The piece sizes of ``split(sizes)`` (an int: pieces of that size, the last shorter)
+    or of ``chunk(sizes)`` (pieces of ceil(total / sizes)) of ``total`` channels; None for
+    an argument that is not a constant. Also how plan.py recognises a split again."""
+    if isinstance(sizes, bool) or not isinstance(sizes, (int, list, tuple)):
+        return None
+    if isinstance(sizes, int):
+        if sizes < 1:
+            return None
+        step = -(-total // sizes) if chunks else sizes
+        return [min(step, total - a) for a in range(0, total, step)]
+    return list(sizes)
+
+
 def channel_ranges(c: Call, size: Optional[int]):
     """split / chunk / narrow: (dim, [(start, stop) of each piece]) from constant
     arguments, or None (a size computed at run time, or not a channel split)."""
     name = c.name
-    if name in ("split", "split_with_sizes"):
-        sizes = _arg(c.args, c.kwargs, 1, "split_size_or_sections",
-                     c.kwargs.get("split_size", c.kwargs.get("split_sizes")))
-        dim = _arg(c.args, c.kwargs, 2, "dim", 0)
-        if size is None:
-            return None
-        if isinstance(sizes, int) and sizes > 0:
-            sizes = [min(sizes, size - a) for a in range(0, size, sizes)]
-        if not (isinstance(sizes, (list, tuple)) and all(isinstance(v, int) and v >= 0 for v in sizes)
-                and sum(sizes) == size):
-            return None
-    elif name == "chunk":
-        chunks, dim = _arg(c.args, c.kwargs, 1, "chunks"), _arg(c.args, c.kwargs, 2, "dim", 0)
-        if size is None or not isinstance(chunks, int) or chunks < 1:
-            return None
-        step = -(-size // chunks)   # torch.chunk: pieces of ceil(size / chunks)
-        sizes = [min(step, size - a) for a in range(0, size, step)]
-    elif name == "narrow":
+    if name == "narrow":
         dim, start, length = (_arg(c.args, c.kwargs, 1, "dim"), _arg(c.args, c.kwargs, 2, "start"),
                               _arg(c.args, c.kwargs, 3, "length"))
         if not all(isinstance(v, int) for v in (dim, start, length)):
             return None
         return dim, [(start, start + length)]
+    if name in ("split", "split_with_sizes"):
+        arg = _arg(c.args, c.kwargs, 1, "split_size_or_sections",
+                   c.kwargs.get("split_size", c.kwargs.get("split_sizes")))
+    elif name == "chunk":
+        arg = _arg(c.args, c.kwargs, 1, "chunks")
     else:
         return None
-    if not isinstance(dim, int):
+    dim = _arg(c.args, c.kwargs, 2, "dim", 0)
+    sizes = piece_sizes(arg, size, chunks=name == "chunk") if size is not None else None
+    if sizes is None or not isinstance(dim, int) or \
+            not all(isinstance(v, int) and v >= 0 for v in sizes) or sum(sizes) != size:
         return None
     ranges, at = [], 0
     for v in sizes:
