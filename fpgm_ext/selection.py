@@ -15,6 +15,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ._checks import check_metric, check_rates, check_weight
+from .certified import CandidateScores
 from .ops import distance_scores
 
 __all__ = ["Selection", "select", "counts", "norm_stage", "prune_order", "split"]
@@ -69,8 +70,9 @@ def select(weight: torch.Tensor, rate_dist: float, rate_norm: float = 1.0,
        (distances summed over the candidates only) are pruned.
 
     FPGM-only 40% is ``rate_dist=0.4``; FPGM-mix is e.g. ``rate_norm=0.9, rate_dist=0.3``.
-    Scores are computed in float64 (as the official scipy path does) and ties break by
-    lower filter index, so the choice is deterministic.
+    The choice is the float64 rule's (as the official scipy path scores), ties to the lower
+    filter index, so it is deterministic; the scores are computed on the weight's dtype and
+    made float64 where the choice depends on them (``fpgm_ext.certified``).
     """
     check_metric("select", metric)
     check_weight("select", "weight", weight)
@@ -80,10 +82,14 @@ def select(weight: torch.Tensor, rate_dist: float, rate_norm: float = 1.0,
     if n_norm + n_dist >= n:
         raise ValueError(f"fpgm.select: rate_norm={rate_norm} and rate_dist={rate_dist} would prune "
                          f"{n_norm} + {n_dist} of {n} filters; at least one must be kept")
-    rows = weight.detach().reshape(n, -1).to(torch.float64)
+    rows = weight.detach().reshape(n, -1)
     if not torch.isfinite(rows).all():
         raise ValueError("fpgm.select: weight contains NaN or Inf; FPGM scores would be meaningless")
-    by_norm, candidates = norm_stage(rows.norm(dim=1), n_norm)
-    scores = distance_scores(rows[candidates], metric) if n_dist > 0 else None
+    by_norm, candidates = norm_stage(torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64), n_norm)
+    scores = None
+    if n_dist > 0:   # float64 where the choice depends on it (fpgm_ext.certified)
+        cand = rows if n_norm == 0 else rows[candidates]
+        scores = CandidateScores([cand], distance_scores(cand, metric), metric,
+                                 lambda rs: [distance_scores(rs[0], metric)]).for_cut(n_dist)
     order = prune_order(by_norm, n_norm, candidates, scores)
     return split(n, order[:n_norm + n_dist])

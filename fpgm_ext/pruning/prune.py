@@ -10,6 +10,7 @@ from torch import nn
 
 from .._checks import check_prune_args
 from ..ops import distance_scores_multi as _distance_scores_multi
+from ..certified import CandidateScores
 from ..selection import counts, norm_stage, prune_order, split
 from . import graph as _graph
 from . import flops as _flops
@@ -27,11 +28,24 @@ class PruneResult(NamedTuple):
 def _score_rows(use, space, units: int) -> torch.Tensor:
     """The filters of one of a producer's spaces (rows ``space.offset`` on), one row per
     unit (a unit of several channels, for grouped convolutions, is the concatenation of
-    its filters), in float64."""
+    its filters), in the weight's dtype (a view where the layout allows): the scores are
+    certified against the float64 rule (fpgm_ext.certified), not computed in float64."""
     w = use.module.weight.detach()
     if space.offset or space.size != w.shape[0]:
         w = w[space.offset:space.offset + space.size]
-    return w.reshape(units, -1).to(torch.float64)
+    return w.reshape(units, -1)
+
+
+def _scores_multi(rows: List[torch.Tensor], metric: str, distance_scores_multi) -> List[torch.Tensor]:
+    """``distance_scores_multi`` over layers of any dtypes and devices: one call per kind."""
+    kinds: Dict[Any, List[int]] = {}
+    for k, r in enumerate(rows):
+        kinds.setdefault((r.dtype, r.device), []).append(k)
+    out: List[Any] = [None] * len(rows)
+    for ks in kinds.values():
+        for k, s in zip(ks, distance_scores_multi([rows[k] for k in ks], metric)):
+            out[k] = s
+    return out
 
 
 def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric, min_channels,
@@ -79,7 +93,7 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, total)
             continue
         rows = [_score_rows(u, space, units) for u, space in producers]
-        row_norms = [r.norm(dim=1) for r in rows]
+        row_norms = [torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) for r in rows]
         for (u, _), r, n in zip(producers, rows, row_norms):
             # NaN or Inf in a row makes its norm NaN or Inf; only then is every element
             # looked at (a finite float64 row whose norm overflows is not an error).
@@ -92,12 +106,16 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         if n_dist > 0:   # no norm stage: every row is a candidate, in order (no copy)
             queue += rows if n_norm == 0 else [r[candidates] for r in rows]
         pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, (first, len(rows)))
-    scores = distance_scores_multi(queue, metric) if queue else []
+    scores = _scores_multi(queue, metric, distance_scores_multi) if queue else []
     for gid, entry in pending.items():   # each group's scores summed over its producers
         total = entry[-1]
         if isinstance(total, tuple):
             first, count = total
-            total = sum(scores[first + k].to(torch.float64) for k in range(count)) if entry[5] > 0 else None
+            total = None
+            if entry[5] > 0:   # certified against the float64 rule at each cut (for_cut)
+                total = CandidateScores(queue[first:first + count],
+                                        sum(scores[first + k].to(torch.float64) for k in range(count)),
+                                        metric, lambda rows: _scores_multi(rows, metric, distance_scores_multi))
             pending[gid] = entry[:-1] + (total,)
         if cache is not None:
             cache[gid] = (entry[2], entry[4], total)
@@ -127,7 +145,11 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
         for gid in ready:
             g = analysis.groups[gid]
             keep, multiple, by_norm, n_norm, candidates, n_dist, total = pending.pop(gid)
-            order = prune_order(by_norm, n_norm, candidates, total if n_dist > 0 else None).cpu()
+            linked = any(analysis.group_of[s_out] == gid for _, s_out, _, _ in links)
+            scores = None
+            if n_dist > 0:   # a PadShortcut may pass units over: then the whole order counts
+                scores = total.all_exact() if linked else total.for_cut(g.units - keep - n_norm)
+            order = prune_order(by_norm, n_norm, candidates, scores).cpu()
             allowed = torch.ones(g.units, dtype=torch.bool)
             for s_in, s_out, src, dst in links:
                 if analysis.group_of[s_out] != gid:
