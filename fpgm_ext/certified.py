@@ -105,40 +105,47 @@ def undecided_units(approx: torch.Tensor, bound: torch.Tensor, n_cut: int):
 
 
 def exact_scores(rows: Sequence[torch.Tensor], units: torch.Tensor, metric: str,
-                 chunk: int = 512) -> torch.Tensor:
+                 chunk_bytes: int = 1 << 20) -> torch.Tensor:
     """Float64 scores of ``units`` (indices), summed over the members ``rows`` ([N, D]
     each): each unit's distances to all N rows, computed as the float64 kernels do
     (l2 / cos: a float64 Gram product, close pairs recomputed from the differences; l1:
-    the differences), the other rows converted chunk by chunk."""
+    the differences). The other rows pass through one small float64 buffer, chunk by
+    chunk: no float64 copy of the layer (its fresh pages cost more than the products)."""
     out = torch.zeros(units.numel(), dtype=torch.float64, device=units.device)
     for rows_m in rows:
+        n, d = rows_m.shape
         a = _prepared(rows_m[units].to(torch.float64), metric)
         sq_a = a.square().sum(1)
-        for c0 in range(0, rows_m.shape[0], chunk):
-            b = _prepared(rows_m[c0:c0 + chunk].to(torch.float64), metric)
+        step = max(1, min(n, chunk_bytes // (8 * max(d, 1))))
+        buf = torch.empty((step, d), dtype=torch.float64, device=rows_m.device)
+        for c0 in range(0, n, step):
+            b = buf[:min(step, n - c0)]
+            b.copy_(rows_m[c0:c0 + b.shape[0]])
+            b = _prepared(b, metric)
             if metric == "l1":
                 out += torch.cdist(a, b, p=1).sum(1)
                 continue
-            sq_b = b.square().sum(1)
+            sq_b = torch.linalg.vector_norm(b, dim=1).square()
             s = sq_a[:, None] + sq_b[None, :]
             d2 = s - 2 * (a @ b.T)
             close = (d2 * _CLOSE_RATIO < s).nonzero(as_tuple=True)
             if close[0].numel():
                 d2[close] = (a[close[0]] - b[close[1]]).square().sum(1)
             if metric == "l2":
-                d = d2.clamp_min(0).sqrt()
+                dist = d2.clamp_min(0).sqrt()
             else:   # unit rows: 1 - cos = |u - v|^2 / 2; a zero row is at 1 from every other
-                d = (0.5 * d2).clamp(0, 2)
+                dist = (0.5 * d2).clamp(0, 2)
                 zero = (sq_a[:, None] == 0) | (sq_b[None, :] == 0)
-                d = torch.where(zero, torch.ones_like(d), d)
+                dist = torch.where(zero, torch.ones_like(dist), dist)
                 same = units[:, None] == torch.arange(c0, c0 + b.shape[0], device=units.device)[None, :]
-                d = torch.where(same, torch.zeros_like(d), d)
-            out += d.sum(1)
+                dist = torch.where(same, torch.zeros_like(dist), dist)
+            out += dist.sum(1)
     return out
 
 
 def _prepared(x: torch.Tensor, metric: str) -> torch.Tensor:
+    """cos: the unit rows (in place; zero rows stay zero)."""
     if metric != "cos":
         return x
     norm = x.norm(dim=1, keepdim=True)
-    return x / torch.where(norm == 0, torch.ones_like(norm), norm)
+    return x.div_(torch.where(norm == 0, torch.ones_like(norm), norm))

@@ -116,7 +116,7 @@ def test_exact_scores_match_the_oracle(metric):
     w = layer("clustered", 70, 33, gen)
     w[5] = 0   # a zero row (cos: at distance 1 from every other)
     idx = torch.tensor([0, 5, 17, 69])
-    got = exact_scores([w, 2 * w], idx, metric, chunk=16).numpy()
+    got = exact_scores([w, 2 * w], idx, metric, chunk_bytes=16 * 33 * 8)  # chunks of 16 rows.numpy()
     want = oracle.scores(w, metric)[idx.numpy()] + oracle.scores(2 * w, metric)[idx.numpy()]
     np.testing.assert_allclose(got, want, rtol=1e-12)
 

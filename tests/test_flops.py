@@ -109,15 +109,15 @@ def test_counted_from_shapes_only_where_all_flops_are_conv_and_linear(name):
     """The analysis's forward skips FlopCounterMode where the graph holds no other op it
     counts (functional convs, matrix products, attention modules): the counts from the
     output shapes then equal FlopCounterMode's, layer by layer."""
-    from fpgm_ext.pruning.graph.tracing import _fx_shapes, _fx_trace
+    from fpgm_ext.pruning.graph.tracing import _fx_graph, _fx_shapes
 
     make, shape = CASES[name]
     torch.manual_seed(0)
     model, x = make().eval(), torch.randn(*shape)
-    gm = _fx_trace(model)
-    assert flops.FlopRecorder.countable_from_shapes(gm) == (name in FAST)
+    graph = _fx_graph(model)
+    assert flops.FlopRecorder.countable_from_shapes(graph, dict(model.named_modules())) == (name in FAST)
     recorder = flops.FlopRecorder()
-    _fx_shapes(gm, model, (x,), recorder)
+    _fx_shapes(graph, model, (x,), recorder)
     got, real = recorder.measurement(model), flops.measure(model, (x,))
     if name in FAST:
         assert got.flops == real.flops and got.layer_flops == {

@@ -268,6 +268,11 @@ def apply_plan(model: nn.Module, plan, *, inplace: bool = False, ops=None) -> nn
     """
     plan = _as_plan(plan)
     _check_architecture(model, plan)
+    return _apply(model, plan, inplace, ops)
+
+
+def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
+    """``apply_plan`` of a plan known to fit ``model`` (``prune``'s own, just made from it)."""
     gather_channels = _gather_channels if ops is None else ops.gather_channels
     if not inplace:
         model = _copy_for_surgery(model, plan)

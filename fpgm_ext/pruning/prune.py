@@ -16,7 +16,7 @@ from . import graph as _graph
 from . import flops as _flops
 from . import target as _target
 from .layers import PadShortcut
-from .plan import Plan, apply_plan, architecture
+from .plan import Plan, _apply, apply_plan, architecture
 from .report import LayerStat, PruneReport
 
 
@@ -93,10 +93,12 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
             pending[g.id] = (keep, multiple, by_norm, n_norm, candidates, n_dist, total)
             continue
         rows = [_score_rows(u, space, units) for u, space in producers]
-        row_norms = [torch.linalg.vector_norm(r, dim=1, dtype=torch.float64) for r in rows]
+        # the norm stage ranks float64 norms; without one they only find NaN and Inf
+        norm_dtype = torch.float64 if n_norm > 0 else None
+        row_norms = [torch.linalg.vector_norm(r, dim=1, dtype=norm_dtype) for r in rows]
         for (u, _), r, n in zip(producers, rows, row_norms):
             # NaN or Inf in a row makes its norm NaN or Inf; only then is every element
-            # looked at (a finite float64 row whose norm overflows is not an error).
+            # looked at (a finite row whose norm overflows is not an error).
             if not torch.isfinite(n).all() and not torch.isfinite(r).all():
                 raise ValueError(f"fpgm_ext.prune: the weight of {u.name} contains NaN or Inf; "
                                  "FPGM scores would be meaningless")
@@ -189,9 +191,14 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
         for seg in segs:
             size = spaces[seg.space].size
             keep = channels.get(seg.space)
-            for c in (keep if keep is not None else range(size)):
-                base = offset + c * factor
-                idx.extend(range(base, base + factor))
+            if keep is None:
+                idx.extend(range(offset, offset + size * factor))
+            elif factor == 1:
+                idx.extend([offset + c for c in keep])
+            else:
+                for c in keep:
+                    base = offset + c * factor
+                    idx.extend(range(base, base + factor))
             offset += size * factor
         return idx
 
@@ -301,7 +308,7 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
     distance_scores_multi = _distance_scores_multi if ops is None else ops.distance_scores_multi
     frozen = {g.id: list(g.reasons) for g in analysis.groups}
     for g in analysis.groups:
-        members = analysis.members(g)
+        members = analysis.members(g) if ignore else ()
         for n in ignore:
             hit = [m for m in members if m == n or m.startswith(n + ".")]
             if hit:
@@ -465,7 +472,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         plan, target = _target.search(plan_at, reduction, *goal)
     timings["score and select"] = time.perf_counter() - t
     t = time.perf_counter()
-    pruned = apply_plan(model, plan, inplace=inplace, ops=ops)
+    pruned = _apply(model, plan, inplace, ops)   # the plan was made from this model: no fit check
     timings["surgery"] = time.perf_counter() - t
     t = time.perf_counter()
     after = None

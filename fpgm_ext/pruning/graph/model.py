@@ -85,6 +85,7 @@ class Analysis:
     # splits (split, chunk, narrow, slices) whose sizes change with the pruning
     # (and the node's place among the graph's split-like nodes, rules.split_like)
     channel_ops: Dict[str, Tuple[str, Tuple["Seg", ...], List[Tuple[int, int]], int]] = field(default_factory=dict)
+    _members: Optional[Dict[int, List[str]]] = field(default=None, repr=False, compare=False)
 
     def producers(self, group: Group) -> List[Use]:
         """The modules whose filters make the group's channels (its scoring members)."""
@@ -98,6 +99,12 @@ class Analysis:
                 for s in u.out_spaces if s in spaces]
 
     def members(self, group: Group) -> List[str]:
-        spaces = set(group.spaces)
-        return [u.name for u in self.uses.values()
-                if any(s in spaces for s in u.out_spaces) or any(s.space in spaces for s in u.in_segs)]
+        """The modules that touch the group's channels (on either side), in module order."""
+        if self._members is None:   # every group's at once: one pass over the modules
+            self._members = {g.id: [] for g in self.groups}
+            for u in self.uses.values():
+                touched = {self.group_of[s] for s in u.out_spaces} | \
+                    {self.group_of[seg.space] for seg in u.in_segs}
+                for gid in touched:
+                    self._members[gid].append(u.name)
+        return list(self._members[group.id])

@@ -64,10 +64,14 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
 
 
+def _fx_graph(model: nn.Module) -> torch.fx.Graph:
+    """The fx graph of ``model``, its targets named from ``model`` (the analysis needs no
+    GraphModule: building one generates and compiles its code)."""
+    return _Tracer().trace(model)
+
+
 def _fx_trace(model: nn.Module) -> torch.fx.GraphModule:
-    tracer = _Tracer()
-    graph = tracer.trace(model)
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return torch.fx.GraphModule(model, _fx_graph(model), type(model).__name__)
 
 
 class _ModeGuard:
@@ -97,15 +101,66 @@ def _shape_of(x):
     return None
 
 
-def _fx_shapes(gm: torch.fx.GraphModule, model: nn.Module, example_inputs, flops=None) -> Dict[str, Any]:
+# Ops whose output shape depends on the values (and indexing by a tensor): the shape run
+# that skips the convolutions stops at one and runs the graph for real (see _fx_shapes).
+_VALUE_SHAPED = {"nonzero", "masked_select", "unique", "unique_consecutive", "argwhere", "bincount",
+                 "histc", "multinomial", "item", "tolist", "repeat_interleave"}
+
+
+class _NeedValues(Exception):
+    pass
+
+
+def _needs_values(n: torch.fx.Node, shapes: Dict[str, Any]) -> bool:
+    if n.op not in ("call_function", "call_method"):
+        return False
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    if name in _VALUE_SHAPED:
+        return True
+    if name != "getitem" or len(n.args) < 2:
+        return False
+    found: list = []
+    torch.fx.node.map_arg(n.args[1], found.append)
+    return any(isinstance(shapes.get(a.name), tuple) and all(isinstance(v, int) for v in shapes[a.name])
+               for a in found)   # a tensor index: its values pick the elements
+
+
+def _conv_shape(m: nn.Module, x: torch.Tensor):
+    """The output shape of a plain ``nn.ConvNd`` on ``x``, or None where only running it
+    can tell (or raise its own error): any mismatch of rank, channels, dtype or device."""
+    n = m.weight.dim() - 2
+    if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != m.in_channels or x.dtype != m.weight.dtype \
+            or x.device != m.weight.device or isinstance(m.padding, str) and m.padding != "valid":
+        return None
+    padding = (0,) * n if isinstance(m.padding, str) else m.padding
+    out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+           zip(x.shape[-n:], padding, m.dilation, m.kernel_size, m.stride)]
+    if min(out) <= 0:
+        return None
+    return tuple(x.shape[:-n - 1]) + (m.out_channels,) + tuple(out)
+
+
+def _fx_shapes(graph: torch.fx.Graph, model: nn.Module, example_inputs, flops=None,
+               skip_compute: bool = True) -> Dict[str, Any]:
     """The output shape of every node, from one run of the traced graph; with ``flops`` (a
-    ``flops.FlopRecorder``), that run also counts the model's FLOPs per called module."""
+    ``flops.FlopRecorder``), that run also counts the model's FLOPs per called module.
+
+    Shapes are all the analysis needs: where nothing but conv and linear modules counts
+    FLOPs (counted from the shapes), a plain conv module is not computed (its output is
+    zeros of its shape: the convolutions are most of a CNN's forward), nor are BatchNorms
+    and activation modules (their input passes through). Should an op's shape depend on
+    the values (``_needs_values``), or anything fail on them, the graph runs for real
+    (as it always does with ``skip_compute=False``)."""
     shapes: Dict[str, Any] = {}
-    by_shapes = flops is not None and flops.countable_from_shapes(gm)
+    modules = dict(model.named_modules())
+    by_shapes = flops is not None and flops.countable_from_shapes(graph, modules)
     counting = flops is not None and not by_shapes
+    shapes_only = [skip_compute and not counting]
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
+            if shapes_only[0] and _needs_values(n, shapes):
+                raise _NeedValues(n.name)
             if counting and n.op == "call_module":
                 out = flops.module_call(n.target, lambda: super(Recorder, self).run_node(n))
             else:
@@ -113,12 +168,41 @@ def _fx_shapes(gm: torch.fx.GraphModule, model: nn.Module, example_inputs, flops
             shapes[n.name] = _shape_of(out)
             return out
 
-    inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
-    with _ModeGuard(model), (flops if counting else contextlib.nullcontext()):
-        Recorder(gm).run(*inputs)
+        def call_module(self, target, args, kwargs):
+            m = modules[target]   # (Interpreter.fetch_attr walks the dotted path every call)
+            if shapes_only[0] and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                x, kind = args[0], type(m)
+                if kind in _PLAIN_CONVS:
+                    shape = _conv_shape(m, x)
+                    if shape is not None:
+                        return x.new_zeros(shape)
+                elif kind in _SAME_SHAPE and (kind not in _NORMS or x.dim() >= 2 and x.shape[1] == m.num_features):
+                    return x
+            return m(*args, **kwargs)
+
+    def run():
+        inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
+        with _ModeGuard(model), (flops if counting else contextlib.nullcontext()):
+            Recorder(model, graph=graph).run(*inputs)
+
+    try:
+        run()
+    except Exception:   # _NeedValues, or an op that failed on the zeros
+        if not shapes_only[0]:
+            raise
+        shapes_only[0] = False   # the real values were needed after all
+        shapes.clear()
+        run()
     if by_shapes:   # FLOPs only in conv and linear modules: counted from the shapes
-        flops.count_from_shapes(gm, shapes)
+        flops.count_from_shapes(graph, modules, shapes)
     return shapes
+
+
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# Modules whose output has their input's shape and dtype: passed through by the shape run.
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_SAME_SHAPE = _NORMS + (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+                        nn.Tanh, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
 def _export(model: nn.Module, example_inputs):
@@ -132,15 +216,15 @@ def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=Non
     fx_error = None
     if method in ("auto", "fx"):
         try:
-            gm = _fx_trace(model)
+            graph = _fx_graph(model)
         except Exception as exc:  # TraceError, TypeError, NotImplementedError, ...
             fx_error = exc
             if method == "fx":
                 raise TraceFailure(f"torch.fx could not trace {type(model).__name__}: "
                                    f"{_first_line(exc)}{_hint(model)}", fx_error=exc) from None
         else:
-            shapes = _fx_shapes(gm, model, example_inputs, flops) if example_inputs is not None else {}
-            return gm.graph, shapes, "fx", {}, gm
+            shapes = _fx_shapes(graph, model, example_inputs, flops) if example_inputs is not None else {}
+            return graph, shapes, "fx", {}, model
     if example_inputs is None:
         raise TraceFailure(
             f"torch.fx could not trace {type(model).__name__} ({_first_line(fx_error)}); "
