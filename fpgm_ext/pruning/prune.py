@@ -379,7 +379,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     N units with its floor counts: ``int(N * (1 - rate_norm))`` units of smallest norm (the
     sum over members of the L2 norm of their unit's rows), then ``int(N * rate_dist)`` of
     the remaining candidates with the smallest summed score, distances taken among the
-    candidates only; scores in float64, ties to the lower index. A group of one member is
+    candidates only; the float64 rule's choice (float32 scores certified against it,
+    fpgm_ext.certified), ties to the lower index. A group of one member is
     pruned exactly as ``fpgm_ext.select(weight, rate_dist, rate_norm)`` (unless
     ``min_channels``, ``round_to`` or a ``PadShortcut`` constraint below keeps more).
 
