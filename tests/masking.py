@@ -75,6 +75,19 @@ def kept_channels(original: nn.Module, pruned: nn.Module) -> Dict[str, Tuple[tor
                     assert found is not None, f"{name}: no original filter matches pruned filter 0"
                     inn = found[1]
                     out = _match(flat.reshape(w.shape[0], -1), flat0[:, inn].reshape(w0.shape[0], -1), name)
+                elif p.groups == groups and w.shape[1] < w0.shape[1]:
+                    # grouped, the same local input channels kept in every conv group
+                    flat, flat0 = w.reshape(w.shape[0], w.shape[1], -1), w0.reshape(w0.shape[0], w0.shape[1], -1)
+                    found = None
+                    for r, _ in (flat0[:, :, 0] == flat[0, 0, 0]).nonzero().tolist():
+                        try:
+                            found = _columns(flat[0], flat0[r], name)
+                            break
+                        except AssertionError:
+                            continue
+                    assert found is not None, f"{name}: no original filter matches pruned filter 0"
+                    out = _match(flat.reshape(w.shape[0], -1), flat0[:, found].reshape(w0.shape[0], -1), name)
+                    inn = (torch.arange(groups)[:, None] * w0.shape[1] + found).reshape(-1)
                 else:   # grouped: whole conv groups went; each pruned filter is a whole one
                     out = _match(w.reshape(w.shape[0], -1), w0.reshape(w0.shape[0], -1), name)
                     per_out, per_in = w0.shape[0] // groups, w0.shape[1]
@@ -111,6 +124,10 @@ def masked_original(original: nn.Module, pruned: nn.Module) -> nn.Module:
             if isinstance(m, (nn.Linear, *_CONV)) and getattr(m, "groups", 1) == 1:
                 drop_in = torch.ones(m.weight.shape[1], dtype=torch.bool)
                 drop_in[inn] = False
+                m.weight[:, drop_in] = 0
+            elif isinstance(m, _CONV):   # grouped: the local input channels no group keeps
+                drop_in = torch.ones(m.weight.shape[1], dtype=torch.bool)
+                drop_in[inn % m.weight.shape[1]] = False
                 m.weight[:, drop_in] = 0
     return masked
 

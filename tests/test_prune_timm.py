@@ -37,6 +37,8 @@ MODELS = {
     "lcnet_050": 0.9,
     "resnet50_gn": 0.85,           # GroupNormAct (F.group_norm): whole GN groups
     "ghostnet_100": 0.9,           # cat + conv shortcut: the shortcut's filters cut in two
+    "skresnet18": 0.9,             # selective kernel: stack of paths, softmax over them, sum
+    "resnest14d": 0.85,            # split attention: radix reshapes, a grouped conv per radix
     "vit_tiny_patch16_224": 0.35,  # token MLP hidden dims (the LayerNorm stream stays whole)
     "mixer_s16_224": 0.5,          # token-mixing and channel-mixing MLPs
 }

@@ -111,6 +111,13 @@ def _check_entry(name: str, entry: Any) -> None:
 def _check_edit(name: str, edit: Any) -> None:
     ints = lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0  # noqa: E731
                                                  for i in v)
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    if isinstance(edit, dict) and edit.get("op") in ("heads", "merge_heads"):
+        if not (ints(edit.get("arg")) and len(edit["arg"]) in (1, 2) and count(edit.get("size"))
+                and (edit.get("was") is None or count(edit.get("was")))
+                and isinstance(edit.get("index"), int) and not isinstance(edit.get("index"), bool)):
+            raise ValueError(f"fpgm_ext: the plan's graph entry for node '{name}' is malformed")
+        return
     if not isinstance(edit, dict) or edit.get("op") not in ("split", "narrow", "slice") or \
             not all(ints(edit.get(k)) for k in ("sizes", "starts", "was_sizes", "was_starts")) or \
             len({len(edit[k]) for k in ("sizes", "starts", "was_sizes", "was_starts")}) != 1 or \
@@ -302,7 +309,19 @@ def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
             out = _indices(e, "out", o, name, dev)
             inn = _indices(e, "in", i, name, dev)
             w = m.weight
-            if conv and m.groups != 1:
+            if conv and m.groups != 1 and e.get("groups") == m.groups and len(inn) < i:
+                # the same local input channels kept in every conv group, their number kept
+                per, G = i // m.groups, m.groups
+                local = inn[:len(inn) // G] if len(inn) % G == 0 else None
+                if local is None or not torch.equal(
+                        inn, (torch.arange(G, device=dev)[:, None] * per + local[None, :]).reshape(-1)):
+                    raise ValueError(f"fpgm_ext.apply_plan: {name} keeps input channels that are not the "
+                                     f"same in each of its {G} groups")
+                groups = G
+                combined = (out[:, None] * per + local[None, :]).reshape(-1)
+                k = gather(w.reshape(o * per, -1), 0, combined)
+                shape = (len(out), len(local)) + tuple(w.shape[2:])
+            elif conv and m.groups != 1:
                 if len(inn) * m.groups % i:
                     raise ValueError(f"fpgm_ext.apply_plan: {name} keeps {len(inn)} of {i} input channels, "
                                      f"which is not a whole number of its {m.groups} groups")
@@ -439,6 +458,7 @@ def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Mod
     the new sizes of its channel splits (a split's sizes, a narrow's or a channel slice's
     bounds). A split is found again by its place among the trace's split-like nodes
     (``graph.rules.split_like``); each edit checks the node holds the old sizes."""
+    from .graph.heads import reshape_like
     from .graph.rules import split_like
     from .graph.tracing import _fx_trace
 
@@ -448,20 +468,50 @@ def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Mod
         for mode in (True, False):
             model.train(mode)
             gm = _fx_trace(model)
-            found = [n for n in gm.graph.nodes if split_like(n)]
+            splits = [n for n in gm.graph.nodes if split_like(n)]
+            reshapes = [n for n in gm.graph.nodes if reshape_like(n)]
             for name, e in edits.items():
                 k = e.get("index", -1)
-                if not (0 <= k < len(found) and _rewrite_node(found[k], e)):
+                heads = e.get("op") in ("heads", "merge_heads")
+                found = reshapes if heads else splits
+                if not (0 <= k < len(found) and (_rewrite_heads(found[k], e) if heads else _rewrite_node(found[k], e))):
+                    what = f"reshape of attention heads at node '{name}'" if heads else \
+                        f"channel split at node '{name}' ({e.get('op')} of {e.get('was_sizes')})"
                     raise ValueError(
-                        f"fpgm_ext.apply_plan: the plan does not fit this model: its channel split "
-                        f"at node '{name}' ({e.get('op')} of {e.get('was_sizes')}) is not in the "
-                        f"{'training' if mode else 'eval'}-mode trace of {type(model).__name__}")
+                        f"fpgm_ext.apply_plan: the plan does not fit this model: its {what} is not "
+                        f"in the {'training' if mode else 'eval'}-mode trace of {type(model).__name__}")
             gm.recompile()
             graphs[mode] = gm
     finally:
         for m, flag in flags:
             m.training = flag
     return PrunedGraph(model, graphs)
+
+
+def _rewrite_heads(n, e) -> bool:
+    """Gives reshape node ``n`` the head count (``heads``) or the merged width of the kept
+    heads (``merge_heads``) of edit ``e`` at its shape argument ``e["arg"]``; False if that
+    argument is not the old value (``None``: a size read from a tensor at run time)."""
+    path, args = e["arg"], list(n.args)
+    if path[0] >= len(args):
+        return False
+    if len(path) == 1:
+        old = args[path[0]]
+    else:
+        seq = args[path[0]]
+        if not isinstance(seq, (tuple, list)) or path[1] >= len(seq):
+            return False
+        old = seq[path[1]]
+    if (e["was"] is None) != isinstance(old, torch.fx.Node) or (e["was"] is not None and old != e["was"]):
+        return False
+    if len(path) == 1:
+        args[path[0]] = e["size"]
+    else:
+        seq = list(args[path[0]])
+        seq[path[1]] = e["size"]
+        args[path[0]] = type(args[path[0]])(seq)
+    n.args = tuple(args)
+    return True
 
 
 def _rewrite_node(n, e) -> bool:

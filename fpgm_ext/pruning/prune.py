@@ -228,7 +228,7 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
             if inn is not None:
                 entry["in"] = inn
                 if use.kind == "conv" and m.groups != 1:
-                    entry["groups"] = len(inn) * m.groups // i
+                    entry["groups"] = m.groups if use.local_groups else len(inn) * m.groups // i
         else:
             size = {"bn": "num_features", "gn": "num_channels"}.get(use.kind, "num_parameters")
             size = getattr(m, size)
@@ -265,6 +265,13 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
                            "was_sizes": [sum(full[a:b]) for a, b in spans],
                            "was_starts": [sum(full[:a]) for a, _ in spans], "was_total": sum(full),
                            "index": index}
+    # Reshapes into and out of attention heads whose head count changes: a graph rewrite too
+    for node, (op, path, was, space, dim, index) in analysis.head_ops.items():
+        gid = analysis.group_of[space]
+        if gid in kept:
+            heads = len(kept[gid])
+            edits[node] = {"op": op, "index": index, "arg": list(path), "was": was,
+                           "size": heads if op == "heads" else heads * dim}
     return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
 
 

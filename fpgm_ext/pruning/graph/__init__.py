@@ -29,8 +29,10 @@ are joined into a *group*:
 - flatten into a ``Linear``: each channel expands to the ``H*W`` features it became;
 - a ``Linear`` on an input of rank >= 3 ([B, T, C] tokens, [B, H, W, C] channels-last)
   works on the last dimension: its output's layout is marked ``Val.last`` and may only
-  pass elementwise ops into the next ``Linear`` (the hidden dimension of an MLP); any
-  other op leaves it alone.
+  pass elementwise ops into the next ``Linear`` (the hidden dimension of an MLP), or be
+  reshaped into attention heads (fx: ``heads.py``; q, k and v lose the same whole heads,
+  the output projection their columns, and the reshapes' head counts are rewritten as
+  splits are); any other op leaves it alone.
 
 A space is *frozen* (left unpruned, with the reason recorded) when its channels reach
 anything the analysis does not understand: an op it does not know (reported by name),
@@ -59,6 +61,7 @@ The package, one job per file:
   rule;
 - ``visit.py``: what both visitors share, the tensor ops' rules by name;
 - ``fx.py``, ``export.py``: the visitors of an fx and of an export graph;
+- ``heads.py``: attention heads in fx graphs (``Val.heads``, ``Analysis.head_ops``);
 - this file: ``analyse``, which runs them, and the grouping of the joined spaces.
 """
 from __future__ import annotations
@@ -72,6 +75,7 @@ from torch import nn
 from .analyzer import _Analyzer
 from .export import _visit_export
 from .fx import _find_standardised, _visit_fx
+from .heads import reshape_like
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of, split_like
 from .tracing import TraceFailure, trace
@@ -90,23 +94,27 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
     # addition of a concatenation, a depthwise conv on one): the next pass starts with
     # those cuts, until none is new (or MAX_PASSES: the groups still unmatched stay frozen).
     cuts: Dict[str, set] = {}
+    radix: set = set()   # producers laid out in radix groups (radix.py), for the next pass
     for _ in range(MAX_PASSES):
-        A = _walk(model, graph, shapes, tracer, names, owner, cuts)
-        if not A.requests:
+        A = _walk(model, graph, shapes, tracer, names, owner, cuts, radix)
+        if not A.requests and A.radix_found <= radix:
             break
         for producer, at in A.requests.items():
             cuts.setdefault(producer, set()).update(at)
+        radix |= A.radix_found
     return _finish(A)
 
 
 MAX_PASSES = 8
 
 
-def _walk(model, graph, shapes, tracer, names, owner, cuts) -> _Analyzer:
+def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -> _Analyzer:
     A = _Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()})
+    A.radix_hint = set(radix)
     if tracer == "fx":
         _find_standardised(A, graph)
         A.split_index = {n.name: k for k, n in enumerate(n for n in graph.nodes if split_like(n))}
+        A.reshape_index = {n.name: k for k, n in enumerate(n for n in graph.nodes if reshape_like(n))}
     for node in graph.nodes:
         if tracer == "fx":
             val = _visit_fx(A, node, owner)
@@ -145,4 +153,5 @@ def _finish(A: _Analyzer) -> Analysis:
         groups.append(Group(gid, spaces, units, root in residual, reasons))
         for s in spaces:
             group_of[s] = gid
-    return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported, dict(A.channel_ops))
+    return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported, dict(A.channel_ops),
+                    dict(A.head_ops))

@@ -56,6 +56,12 @@ class _Analyzer:
         # channel splits whose sizes the pruned model must get (a graph rewrite)
         self.channel_ops: Dict[str, Tuple[str, Tuple[Seg, ...], List[Tuple[int, int]], int]] = {}
         self.split_index: Dict[str, int] = {}   # fx node -> its place among rules.split_like nodes
+        self.head_ops: Dict[str, Tuple[str, Tuple[int, ...], Optional[int], int, int, int]] = {}
+        # producers whose channels were laid out in radix groups (radix.py): found by one pass,
+        # used by the next (a grouped conv comes before the reshape that shows it)
+        self.radix_hint: Set[str] = set()
+        self.radix_found: Set[str] = set()
+        self.reshape_index: Dict[str, int] = {}  # fx node -> its place among heads.reshape_like nodes
 
     # ---- spaces
     def new_space(self, size, producer, kind, reason=None, offset=0) -> int:
@@ -211,9 +217,27 @@ class _Analyzer:
             self.freeze(outs, f"{name}'s input and output channels are cut at different groups")
             self.freeze(x, f"{name}'s input and output channels are cut at different groups")
             return
+        if m.groups > 1 and len(x.segs) == m.groups and len(use.out_spaces) == m.groups and \
+                (per_in > 1 or per_out > 1) and self._local_groups(x, use):
+            # Each conv group its own input and output space, radix groups (ResNeSt): a
+            # channel's local index goes from every group at once, so the groups keep equal
+            # sizes and their number; inputs and outputs prune independently.
+            use.local_groups = True
+            for seg in x.segs[1:]:
+                self.union(x.segs[0].space, seg.space)
+            for out in use.out_spaces[1:]:
+                self.union(use.out_spaces[0], out)
+            return
         for seg, out in zip(x.segs, use.out_spaces):
             self.union(seg.space, out)
             self.ties.append((out, self.spaces[out].size // per_out))
+
+    def _local_groups(self, x: Val, use: Use) -> bool:
+        """Whether the conv groups' input spaces are already tied to each other channel for
+        channel elsewhere (as the radix groups of split attention are), so that pruning
+        each group's channels at the same local indices takes nothing away from them."""
+        return use.name in self.radix_hint or \
+            any(self.spaces[seg.space].producer in self.radix_hint for seg in x.segs)
 
     def linear(self, node, name: str, m: nn.Linear, x: Val) -> Val:
         if x.rank is not None and x.rank >= 3:
@@ -355,6 +379,9 @@ class _Analyzer:
                 return x
             if len(in_shape) >= 2 and out_shape == (in_shape[0], math.prod(in_shape[1:])):
                 return self.flatten(node, replace(x, rank=len(in_shape)), 1, -1)
+            if len(in_shape) >= 2 and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2] and x.factor == 1 \
+                    and all(s == 1 for s in in_shape[2:] + out_shape[2:]):
+                return replace(x, rank=len(out_shape))   # [B, C] <-> [B, C, 1, 1]: the channels stay
             return self.unknown(node, f"view/reshape {list(in_shape)} -> {list(out_shape)}", x)
         if len(shape_args) == 2 and shape_args[1] == -1 and shape_args[0] != -1:
             return self.flatten(node, x, 1, -1)   # x.view(x.size(0), -1)

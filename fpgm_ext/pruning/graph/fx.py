@@ -15,6 +15,8 @@ from torch.nn import functional as F
 from .analyzer import _Analyzer
 from .model import NOT_TENSOR, Tup, Val
 from .rules import BN, CONV, Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
+from . import heads as _heads
+from . import radix as _radix
 from .visit import _last_axis, _map_args, apply
 
 _CONV_FUNCS = spellings("function", "conv")
@@ -213,6 +215,11 @@ def _visit_fx(A: _Analyzer, node, gm):
     if op == "output":
         A.freeze(args, "it reaches the model's output")
         return None
+    out = _heads.visit(A, node, args, kwargs, gm.get_submodule(target) if op == "call_module" else None)
+    if out is None and op != "call_module":
+        out = _radix.visit(A, node, args, kwargs)
+    if out is not None:
+        return out
     if op == "call_module":
         m = gm.get_submodule(target)
         entry = entry_of("module", m)

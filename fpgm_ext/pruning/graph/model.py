@@ -31,6 +31,27 @@ class Seg:
 
 
 @dataclass(frozen=True)
+class Heads:
+    """A value laid out in attention heads (heads.py): each dimension's role ('g' the
+    q / k / v group, 'h' the head, 'd' the head's features, '' another), the number of
+    groups, of heads and of features per head, and the reshape that made it."""
+    roles: Tuple[str, ...]
+    groups: int
+    heads: int
+    dim: int
+    node: str
+
+
+@dataclass(frozen=True)
+class Radix:
+    """A value whose channels are laid out as radix groups (radix.py): each dimension's
+    role ('r' the groups, 'c' the channels, '1' a dimension of size 1, '' another) and the
+    number of groups, whose segs follow each other in ``Val.segs``."""
+    roles: Tuple[str, ...]
+    groups: int
+
+
+@dataclass(frozen=True)
 class Val:
     """What the analysis knows of one graph value."""
     segs: Tuple[Seg, ...] = ()
@@ -39,6 +60,8 @@ class Val:
     tensor: bool = True
     last: bool = False           # the segs lay out the LAST dimension, not dim 1: the output
                                  # of a Linear on an input of rank >= 3 (tokens, channels-last)
+    heads: Optional[Heads] = None  # the segs are laid out in attention heads (heads.py)
+    radix: Optional[Radix] = None  # the segs are laid out in radix groups (radix.py)
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,8 @@ class Use:
     grouped: bool = False             # conv with groups > 1: input tied to output by group
     out_params: Tuple[str, ...] = ()  # other per-filter tensors pruned with the filters (a
                                       # weight-standardised conv's gain)
+    local_groups: bool = False        # grouped conv pruned at the same local indices in
+                                      # every conv group, their number kept (analyzer.grouped_conv)
 
 
 @dataclass
@@ -85,6 +110,10 @@ class Analysis:
     # splits (split, chunk, narrow, slices) whose sizes change with the pruning
     # (and the node's place among the graph's split-like nodes, rules.split_like)
     channel_ops: Dict[str, Tuple[str, Tuple["Seg", ...], List[Tuple[int, int]], int]] = field(default_factory=dict)
+    # fx node -> (op, path of the shape argument, its old value, a space of the heads' group,
+    # features per head, the node's place among the graph's reshapes): reshapes into and out
+    # of attention heads whose head count or width changes with the pruning (heads.py)
+    head_ops: Dict[str, Tuple[str, Tuple[int, ...], Optional[int], int, int, int]] = field(default_factory=dict)
     _members: Optional[Dict[int, List[str]]] = field(default=None, repr=False, compare=False)
 
     def producers(self, group: Group) -> List[Use]:

@@ -1,0 +1,195 @@
+"""Attention heads (fx graphs): a Linear's output reshaped into heads and back, as timm's
+``Attention`` spells it::
+
+    qkv = self.qkv(x).reshape(B, N, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)                        # (or qkv[0], qkv[1], qkv[2])
+    q, k = self.q_norm(q), self.k_norm(k)          # LayerNorm over head_dim, or Identity
+    x = F.scaled_dot_product_attention(q, k, v)
+    x = x.transpose(1, 2).reshape(B, N, C)         # (or .flatten(2))
+    x = self.proj(x)
+
+Whole heads are units: removing head h removes its q, k and v rows of ``qkv`` (each
+group's rows a sub-space of the Linear's output, cut at the groups' ends) and its columns
+of ``proj``; the reshapes' head counts and widths are constants of the fx graph, which the
+plan rewrites (``Analysis.head_ops``, plan.py). Exact by the zeroing criterion: zeroed v
+rows make the head's attention output zero, whatever q and k are, so ``proj`` reads zeros.
+
+A value laid out in heads carries ``Val.heads``: each dimension's role ('g' the q/k/v
+group, 'h' the head, 'd' the head's features, '' another). It may pass layout ops
+(permute, transpose, contiguous), the group split (unbind, an index of the group dim),
+a LayerNorm over the head's features, a scaling, dropout and identity modules, the fused
+attention, and the reshape that merges heads back into the last dimension; anything else
+leaves its channels alone, by name (so do attention masks per head).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import replace
+from typing import Any, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .analyzer import _Analyzer
+from .model import NOT_TENSOR, Heads, Seg, Tup, Val
+
+
+def reshape_like(node) -> bool:
+    """Whether an fx node is a reshape (``reshape``, ``view``, ``torch.reshape``), by its
+    spelling alone: counted in order to find one again in another trace (plan.py)."""
+    if node.op == "call_method":
+        return node.target in ("reshape", "view")
+    return node.op == "call_function" and node.target is torch.reshape
+
+
+def _shape_entries(node) -> List[Tuple[Tuple[int, ...], Any]]:
+    """The shape arguments of a reshape node: (path into node.args, value) per entry."""
+    args = node.args
+    if len(args) == 2 and isinstance(args[1], (tuple, list)):
+        return [((1, j), v) for j, v in enumerate(args[1])]
+    return [((i,), v) for i, v in enumerate(args[1:], start=1)]
+
+
+def _name(node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def visit(A: _Analyzer, node, args, kwargs, module: Optional[nn.Module] = None):
+    """The output of ``node`` where attention heads are involved, else None (the other
+    rules apply)."""
+    vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, Val) and v.tensor]
+    if not any(v.heads is not None for v in vals):
+        if reshape_like(node) and args and isinstance(args[0], Val) and args[0].last:
+            return _split_heads(A, node, args[0])
+        return None
+    x = args[0] if args and isinstance(args[0], Val) else None
+    name = _name(node)
+    if name == "getattr" or (node.op == "call_method" and name in ("size", "dim")):
+        return NOT_TENSOR   # a shape query
+    if module is not None:
+        if x is not None and x.heads is not None and len(vals) == 1:
+            if isinstance(module, (nn.Identity, nn.Dropout)):
+                return x
+            if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (x.heads.dim,) \
+                    and x.heads.roles[-1] == "d":   # per head: its statistics are its own
+                return replace(x, segs=tuple(Seg(s.space, False, f"{node.name} (LayerNorm)") for s in x.segs))
+        return A.unknown(node, f"{type(module).__name__} on attention heads", (args, kwargs))
+    if name == "scaled_dot_product_attention":
+        return _attention(A, node, args, kwargs)
+    if x is None or x.heads is None or len(vals) != 1:
+        return A.unknown(node, f"{name} on attention heads", (args, kwargs))
+    roles = x.heads.roles
+    rest = [a for a in args[1:]]
+    if name in ("permute",) and node.op == "call_method":
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        if sorted(d % len(roles) for d in dims) == list(range(len(roles))):
+            return _with_roles(x, tuple(roles[d] for d in dims))
+    if name in ("transpose", "swapaxes") and len(rest) == 2 and all(isinstance(d, int) for d in rest):
+        a, b = (d % len(roles) for d in rest)
+        new = list(roles)
+        new[a], new[b] = new[b], new[a]
+        return _with_roles(x, tuple(new))
+    if name == "contiguous" or (name in ("mul", "truediv", "div") and len(rest) == 1
+                                and isinstance(rest[0], (int, float))):
+        return x
+    if name == "unbind":
+        dim = rest[0] if rest else kwargs.get("dim", 0)
+        if isinstance(dim, int) and roles[dim % len(roles)] == "g":
+            return Tup(tuple(_group(x, g, dim % len(roles)) for g in range(x.heads.groups)))
+    if node.op == "call_function" and node.target is operator.getitem and len(args) == 2:
+        idx = args[1]
+        if isinstance(idx, int) and roles[0] == "g" and -x.heads.groups <= idx < x.heads.groups:
+            return _group(x, idx % x.heads.groups, 0)
+    if reshape_like(node) or name == "flatten":
+        merged = _merge_heads(A, node, x, args, kwargs)
+        if merged is not None:
+            return merged
+    return A.unknown(node, f"{name} on attention heads", (args, kwargs))
+
+
+def _with_roles(x: Val, roles) -> Val:
+    return replace(x, heads=replace(x.heads, roles=roles))
+
+
+def _group(x: Val, g: int, dim: int) -> Val:
+    """Group ``g`` (q, k or v) of a value with a group dimension at ``dim``."""
+    roles = x.heads.roles[:dim] + x.heads.roles[dim + 1:]
+    return Val((x.segs[g],), 1, None if x.rank is None else x.rank - 1,
+               heads=Heads(roles, 1, x.heads.heads, x.heads.dim, x.heads.node))
+
+
+def _split_heads(A: _Analyzer, node, x: Val) -> Optional[Val]:
+    """``reshape`` of a Linear's last dimension W into [..., G, H, D] or [..., H, D]: a
+    value laid out in heads, each group (q, k, v) one sub-space of the Linear's output.
+    None (the reshape is left alone by the other rules) where the shapes say otherwise."""
+    before, after = A.shapes.get(node.args[0].name), A.shapes.get(node.name)
+    if A.tracer != "fx" or x.factor != 1 or not isinstance(before, tuple) or not isinstance(after, tuple) \
+            or not all(isinstance(s, int) for s in before + after):
+        return None
+    width = A.size(x)
+    extra = len(after) - len(before)
+    if extra not in (1, 2) or after[:len(before) - 1] != before[:-1] or width != before[-1]:
+        return None
+    g, h, d = (after[-3:] if extra == 2 else (1,) + after[-2:])
+    if g * h * d != width or h < 2:
+        return None
+    entries = _shape_entries(node)
+    if len(entries) != len(after):
+        return None
+    path, value = entries[len(after) - 2]
+    if isinstance(value, torch.fx.Node) or (value != h and value != -1):
+        return A.unknown(node, "a head count computed at run time", x)
+    if A.request_cuts(x.segs, [k * h * d for k in range(1, g)]):
+        return A.unknown(node, "reshape into heads (its groups are cut at the next pass)", x)
+    ends = A.bounds(x.segs)
+    if ends != [k * h * d for k in range(1, g + 1)]:
+        return A.unknown(node, "reshape into heads of channels cut inside a group", x)
+    roles = ("",) * (len(before) - 1) + (("g", "h", "d") if extra == 2 else ("h", "d"))
+    if value == h:
+        A.head_ops[node.name] = ("heads", path, h, x.segs[-1].space, d, A.reshape_index.get(node.name, -1))
+    return Val(x.segs, 1, len(after), heads=Heads(roles, g, h, d, node.name))
+
+
+def _attention(A: _Analyzer, node, args, kwargs) -> Val:
+    """F.scaled_dot_product_attention(q, k, v): head h of the output is zero when head h
+    of v is; q, k and v lose the same heads (their spaces are joined, in units of heads)."""
+    names = ("query", "key", "value")
+    q, k, v = (args[i] if len(args) > i else kwargs.get(n) for i, n in enumerate(names))
+    ok = all(isinstance(t, Val) and t.heads is not None and t.heads.groups == 1 and len(t.segs) == 1
+             and t.heads.roles[-3:] == ("h", "", "d") for t in (q, k, v))
+    mask_node = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    mask = A.shapes.get(mask_node.name) if isinstance(mask_node, torch.fx.Node) else None
+    if ok and q.heads.heads == k.heads.heads == v.heads.heads and q.heads.dim == k.heads.dim:
+        h = v.heads.heads
+        if isinstance(mask, tuple) and len(mask) >= 3 and mask[-3] == h:
+            return A.unknown(node, "an attention mask per head", (args, kwargs))
+        for t in (q, k, v):
+            A.union(t.segs[0].space, v.segs[0].space)
+            A.ties.append((t.segs[0].space, h))
+        return v
+    return A.unknown(node, "scaled_dot_product_attention", (args, kwargs))
+
+
+def _merge_heads(A: _Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:
+    """[..., H, D] -> [..., H * D] (a reshape or a flatten of the last two dimensions):
+    the heads' channels back in the last dimension, for the output projection."""
+    before, after = A.shapes.get(node.args[0].name), A.shapes.get(node.name)
+    heads = x.heads
+    if heads.groups != 1 or heads.roles[-2:] != ("h", "d") or not isinstance(before, tuple) \
+            or not isinstance(after, tuple) or after != before[:-2] + (heads.heads * heads.dim,):
+        return None
+    if reshape_like(node):
+        entries = _shape_entries(node)
+        if len(entries) != len(after):
+            return None
+        path, value = entries[-1]
+        if isinstance(value, torch.fx.Node) or value == heads.heads * heads.dim:
+            was = None if isinstance(value, torch.fx.Node) else value
+            A.head_ops[node.name] = ("merge_heads", path, was, x.segs[0].space, heads.dim,
+                                     A.reshape_index.get(node.name, -1))
+        elif value != -1:
+            return None
+    elif not (len(args) == 2 and isinstance(args[1], int) and args[1] % len(before) == len(before) - 2
+              and not kwargs):
+        return None
+    return Val(x.segs, 1, len(after), last=True)
