@@ -62,6 +62,7 @@ The package, one job per file:
 - ``visit.py``: what both visitors share, the tensor ops' rules by name;
 - ``fx.py``, ``export.py``: the visitors of an fx and of an export graph;
 - ``heads.py``: attention heads in fx graphs (``Val.heads``, ``Analysis.head_ops``);
+- ``radix.py``: split attention's radix groups in fx graphs (``Val.radix``);
 - this file: ``analyse``, which runs them, and the grouping of the joined spaces.
 """
 from __future__ import annotations
