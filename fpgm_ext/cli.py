@@ -175,7 +175,7 @@ def cmd_prune(args) -> int:
                                         metric=args.metric, ignore=args.ignore or (),
                                         prune_residual=not args.no_residual, min_channels=args.min_channels,
                                         round_to=args.round_to, target_flops=args.target_flops,
-                                        target_params=args.target_params)
+                                        target_params=args.target_params, approximate=args.approximate)
     except RuntimeError as exc:
         msg = _first_line(exc)
         if "shape" in msg or "size" in msg or "expected" in msg.lower():
@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-classes", type=_positive_int, help="for built-in/torchvision models")
     r.add_argument("--ignore", action="append", metavar="MODULE", help="leave this module whole (repeatable)")
     r.add_argument("--no-residual", action="store_true", help="leave residual streams whole")
+    r.add_argument("--approximate", action="store_true",
+                   help="also prune channels under a LayerNorm (or GroupNorm(1, C)) over all of them, whose "
+                        "statistics change: reported per group with the measured output difference")
     r.add_argument("--min-channels", type=_positive_int, default=1)
     r.add_argument("--round-to", type=_positive_int, default=1)
     r.add_argument("--seed", type=int, default=0, help="seed of the example input")

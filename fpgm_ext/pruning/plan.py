@@ -112,7 +112,7 @@ def _check_edit(name: str, edit: Any) -> None:
     ints = lambda v: isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0  # noqa: E731
                                                  for i in v)
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
-    if isinstance(edit, dict) and edit.get("op") in ("heads", "merge_heads"):
+    if isinstance(edit, dict) and edit.get("op") in ("heads", "merge_heads", "channels"):
         if not (ints(edit.get("arg")) and len(edit["arg"]) in (1, 2) and count(edit.get("size"))
                 and (edit.get("was") is None or count(edit.get("was")))
                 and isinstance(edit.get("index"), int) and not isinstance(edit.get("index"), bool)):
@@ -293,6 +293,22 @@ def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
         return len(tensors) - 1
 
     for name, e in plan.modules.items():
+        if e.get("type") in ("Parameter", "Tensor"):   # a layer scale pruned with its channels
+            owner, _, attr = name.rpartition(".")
+            t = getattr(modules.get(owner), attr, None)
+            if not isinstance(t, torch.Tensor) or not isinstance(e.get("dim"), int) or \
+                    not 0 <= e["dim"] < t.dim():
+                raise ValueError(f"fpgm_ext.apply_plan: the plan prunes the tensor '{name}', which this "
+                                 f"{type(model).__name__} does not have as planned")
+            _check_size(name, e, "size", t.shape[e["dim"]])
+            k = gather(t, e["dim"], _indices(e, "channels", t.shape[e["dim"]], name, t.device))
+
+            def done(res, owner=modules.get(owner), attr=attr, k=k):
+                old = getattr(owner, attr)
+                setattr(owner, attr, nn.Parameter(res[k], requires_grad=old.requires_grad)
+                        if isinstance(old, nn.Parameter) else res[k])
+            finish.append(done)
+            continue
         m = modules.get(name)
         if m is None:
             raise ValueError(f"fpgm_ext.apply_plan: the plan names module '{name}', which this "
@@ -380,6 +396,35 @@ def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
                     m.num_parameters = n
                 else:
                     m.num_features = n
+            finish.append(done)
+        elif isinstance(m, nn.GroupNorm) and m.num_groups == 1:   # approximate: any channels
+            _check_size(name, e, "size", m.num_channels)
+            idx = _indices(e, "channels", m.num_channels, name,
+                           m.weight.device if m.affine else torch.device("cpu"))
+            keys = {a: gather(getattr(m, a), 0, idx) for a in ("weight", "bias")
+                    if isinstance(getattr(m, a), torch.Tensor)}
+
+            def done(res, m=m, keys=keys, n=len(idx)):
+                for attr, k in keys.items():
+                    old = getattr(m, attr)
+                    setattr(m, attr, nn.Parameter(res[k], requires_grad=old.requires_grad))
+                m.num_channels = n
+            finish.append(done)
+        elif isinstance(m, nn.LayerNorm):   # approximate (plans of prune(approximate=True))
+            if len(m.normalized_shape) != 1:
+                raise ValueError(f"fpgm_ext.apply_plan: {name} normalises over {tuple(m.normalized_shape)}, "
+                                 "not one channel dimension")
+            _check_size(name, e, "size", m.normalized_shape[0])
+            own = {a: getattr(m, a) for a in ("weight", "bias") if isinstance(getattr(m, a, None), torch.Tensor)}
+            idx = _indices(e, "channels", m.normalized_shape[0], name,
+                           next(iter(own.values())).device if own else torch.device("cpu"))
+            keys = {a: gather(t, 0, idx) for a, t in own.items()}
+
+            def done(res, m=m, keys=keys, n=len(idx)):
+                for attr, k in keys.items():
+                    old = getattr(m, attr)
+                    setattr(m, attr, nn.Parameter(res[k], requires_grad=old.requires_grad))
+                m.normalized_shape = (n,)
             finish.append(done)
         elif isinstance(m, nn.GroupNorm):
             _check_size(name, e, "size", m.num_channels)
@@ -472,7 +517,7 @@ def _rewrite_graph(model: nn.Module, edits: Dict[str, Dict[str, Any]]) -> nn.Mod
             reshapes = [n for n in gm.graph.nodes if reshape_like(n)]
             for name, e in edits.items():
                 k = e.get("index", -1)
-                heads = e.get("op") in ("heads", "merge_heads")
+                heads = e.get("op") in ("heads", "merge_heads", "channels")
                 found = reshapes if heads else splits
                 if not (0 <= k < len(found) and (_rewrite_heads(found[k], e) if heads else _rewrite_node(found[k], e))):
                     what = f"reshape of attention heads at node '{name}'" if heads else \
@@ -564,6 +609,16 @@ def pruned_masks(model: nn.Module, plan) -> Dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     masks: Dict[str, torch.Tensor] = {}
     for name, e in plan.modules.items():
+        if e.get("type") in ("Parameter", "Tensor"):   # a layer scale: its mask along its dim
+            owner, _, attr = name.rpartition(".")
+            t = getattr(modules.get(owner), attr, None)
+            if not isinstance(t, torch.Tensor) or t.dim() <= e.get("dim", -1) or t.shape[e["dim"]] != e.get("size"):
+                raise ValueError(f"fpgm_ext: the plan does not fit this model: it prunes the tensor '{name}'")
+            keep = torch.zeros(e["size"], dtype=torch.bool)
+            keep[torch.as_tensor(e["channels"], dtype=torch.int64)] = True
+            d = e["dim"]
+            masks[name] = (keep if d == 0 else keep.reshape((1,) * d + (-1,) + (1,) * (t.dim() - d - 1))).to(t.device)
+            continue
         m = modules.get(name)
         if m is None:
             raise ValueError(f"fpgm_ext: the plan names module '{name}', which this "
@@ -595,5 +650,5 @@ def zero_pruned(model: nn.Module, plan) -> nn.Module:
     with torch.no_grad():
         for name, keep in pruned_masks(model, plan).items():
             t = params.get(name, buffers.get(name))
-            t.masked_fill_(~keep.reshape((-1,) + (1,) * (t.dim() - 1)), 0)
+            t.masked_fill_(~keep.reshape((-1,) + (1,) * (t.dim() - 1)) if keep.dim() == 1 else ~keep, 0)
     return model

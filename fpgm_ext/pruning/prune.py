@@ -1,6 +1,7 @@
 """``prune``: FPGM physical pruning of a whole model."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
@@ -13,6 +14,7 @@ from ..ops import distance_scores_multi as _distance_scores_multi
 from ..certified import CandidateScores
 from ..selection import counts, norm_stage, prune_order, split
 from . import graph as _graph
+from .graph.model import APPROXIMATE
 from . import flops as _flops
 from . import target as _target
 from .layers import PadShortcut
@@ -175,7 +177,8 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
     return kept
 
 
-def _build_plan(analysis, frozen, kept, meta) -> Plan:
+def _build_plan(analysis, frozen, kept, meta, approx=None) -> Plan:
+    approx = approx or {}
     spaces = analysis.spaces
     channels: Dict[int, List[int]] = {}     # space -> kept channel indices (pruned spaces only)
     for g in analysis.groups:
@@ -230,8 +233,14 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
                 if use.kind == "conv" and m.groups != 1:
                     entry["groups"] = m.groups if use.local_groups else len(inn) * m.groups // i
         else:
-            size = {"bn": "num_features", "gn": "num_channels"}.get(use.kind, "num_parameters")
-            size = getattr(m, size)
+            if use.kind == "ln":
+                size = m.normalized_shape[0]
+            elif use.kind == "param":   # a tensor pruned along its channel dim (a layer scale)
+                entry["type"] = "Parameter" if isinstance(m, nn.Parameter) else "Tensor"
+                entry["dim"] = analysis.param_dims[name]
+                size = m.shape[entry["dim"]]
+            else:
+                size = getattr(m, {"bn": "num_features", "gn": "num_channels"}.get(use.kind, "num_parameters"))
             entry["size"] = size
             idx = expand(use.in_segs, use.factor)
             if idx is None:
@@ -254,6 +263,8 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
             "kept": kept[g.id].tolist() if g.id in kept else None,
             "left_alone": "; ".join(frozen[g.id]) if frozen[g.id] else None,
         })
+        if g.id in approx:
+            groups[-1]["approximate"] = approx[g.id]
     # The model's own channel splits whose pieces change size: a graph rewrite (plan.py)
     edits: Dict[str, Dict[str, Any]] = {}
     for node, (op, segs, spans, index) in analysis.channel_ops.items():
@@ -270,9 +281,43 @@ def _build_plan(analysis, frozen, kept, meta) -> Plan:
         gid = analysis.group_of[space]
         if gid in kept:
             heads = len(kept[gid])
-            edits[node] = {"op": op, "index": index, "arg": list(path), "was": was,
-                           "size": heads if op == "heads" else heads * dim}
+            size = heads if op == "heads" else heads * dim if op == "merge_heads" else len(channels[space])
+            edits[node] = {"op": op, "index": index, "arg": list(path), "was": was, "size": size}
     return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
+
+
+def _tensors(out) -> List[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _measure_approximation(model, analysis, plan, example_inputs, ops) -> None:
+    """For each group pruned approximately (``approximate=True``): the model with that
+    group alone pruned against the original with the group's channels zeroed (what an
+    exact pruning computes), on ``example_inputs``: the largest difference over the
+    largest output, into the plan's group entry as ``output_difference``."""
+    from .graph.tracing import _ModeGuard
+    from .plan import zero_pruned
+
+    for g in plan.groups:
+        if not g.get("approximate") or g["kept"] is None:
+            continue
+        alone = _build_plan(analysis, {h.id: [] for h in analysis.groups},
+                            {g["id"]: torch.tensor(g["kept"])}, plan.meta)
+        pruned = _apply(model, alone, False, ops)
+        masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
+        with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
+            got = _tensors(pruned(*example_inputs))
+            want = _tensors(masked(*example_inputs))
+        scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
+        diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want)
+                    if a.shape == b.shape and a.numel()), default=0.0)
+        g["output_difference"] = diff / scale if scale > 0 else diff
 
 
 def _channels(analysis, keep=lambda g: True) -> int:
@@ -310,10 +355,23 @@ def _analyse(model, example_inputs, trace: str, flops=None):
 
 
 def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
-            round_to, ops, cache: Optional[Dict[int, Any]] = None) -> Plan:
+            round_to, ops, cache: Optional[Dict[int, Any]] = None, approximate: bool = False) -> Plan:
     """The plan of ``model`` (already analysed): frozen groups, selection, plan."""
     distance_scores_multi = _distance_scores_multi if ops is None else ops.distance_scores_multi
     frozen = {g.id: list(g.reasons) for g in analysis.groups}
+    approx: Dict[int, str] = {}   # group -> why its pruning is approximate
+    for g in analysis.groups:
+        norms = [r[len(APPROXIMATE):].strip() for r in frozen[g.id] if r.startswith(APPROXIMATE)]
+        if not norms:
+            continue
+        why = (f"{len(norms)} norm layer{'s' if len(norms) > 1 else ''} over all its channels "
+               f"({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}; LayerNorm, GroupNorm(1, C)): "
+               "pruning changes their statistics")
+        frozen[g.id] = [r for r in frozen[g.id] if not r.startswith(APPROXIMATE)]
+        if approximate:
+            approx[g.id] = why
+        else:
+            frozen[g.id].append(f"{why} (approximate=True prunes it)")
     for g in analysis.groups:
         members = analysis.members(g) if ignore else ()
         for n in ignore:
@@ -328,7 +386,9 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
             "metric": metric, "prune_residual": prune_residual, "min_channels": min_channels,
             "round_to": round_to, "ignore": ignore, "tracer": analysis.tracer,
             "torch": torch.__version__, "architecture": architecture(model)}
-    return _build_plan(analysis, frozen, kept, meta)
+    if approximate:
+        meta["approximate"] = True
+    return _build_plan(analysis, frozen, kept, meta, {g: r for g, r in approx.items() if g in kept})
 
 
 def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] = None,
@@ -364,7 +424,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
           rate_dist: float = 0.4, rate_norm: float = 1.0, metric: str = "l2", *,
           ignore: Union[str, Sequence[str]] = (), prune_residual: bool = True,
           min_channels: int = 1, round_to: int = 1, inplace: bool = False,
-          trace: str = "auto", measure: bool = True, ops=None,
+          trace: str = "auto", measure: bool = True, ops=None, approximate: bool = False,
           target_flops: Optional[float] = None, target_params: Optional[float] = None) -> PruneResult:
     """FPGM filter pruning of a whole model: returns ``(pruned_model, report)``, the pruned
     model physically smaller (a new module; ``model`` is untouched unless ``inplace=True``).
@@ -460,13 +520,13 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     target = None
     if goal is None:
         plan = _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual,
-                       min_channels, round_to, ops)
+                       min_channels, round_to, ops, approximate=approximate)
     else:
         cache: Dict[int, Any] = {}
 
         def plan_at(rate):
             return _decide(model, analysis, rate, rate_norm, metric, ignore, prune_residual,
-                           min_channels, round_to, ops, cache)
+                           min_channels, round_to, ops, cache, approximate)
 
         def reduction(plan):
             if goal[0] == "params":
@@ -480,6 +540,11 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         plan, target = _target.search(plan_at, reduction, *goal)
     timings["score and select"] = time.perf_counter() - t
     t = time.perf_counter()
+    if example_inputs is not None and any(g.get("approximate") for g in plan.groups):
+        t = time.perf_counter()
+        _measure_approximation(model, analysis, plan, example_inputs, ops)
+        timings["approximation"] = time.perf_counter() - t
+        t = time.perf_counter()
     pruned = _apply(model, plan, inplace, ops)   # the plan was made from this model: no fit check
     timings["surgery"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -50,6 +50,12 @@ class PruneReport:
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
     @property
+    def approximate(self) -> List[Dict[str, Any]]:
+        """Groups pruned approximately (``approximate=True``): ``approximate`` says why,
+        ``output_difference`` is the measured difference (see ``prune``)."""
+        return [g for g in self.groups if g.get("approximate") and g["kept"] is not None]
+
+    @property
     def left_alone(self) -> List[Dict[str, Any]]:
         """Groups left unpruned, with the reasons."""
         return [g for g in self.groups if g["left_alone"]]
@@ -67,6 +73,12 @@ class PruneReport:
             lines.append("  " + self.tracer_note)
         if self.target is not None:
             lines.append("  " + self.target.summary())
+        for g in self.approximate:
+            who = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
+            diff = g.get("output_difference")
+            measured = f"output difference {diff:.2e} of the largest output" if diff is not None else \
+                "output difference not measured (no example_inputs)"
+            lines.append(f"  approximate: [{who}]: {measured}; {g['approximate']}")
         for g in self.left_alone:
             who = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
             lines.append(f"  left alone: [{who}]: {g['left_alone']}")

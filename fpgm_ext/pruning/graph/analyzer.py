@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..layers import PadShortcut
-from .model import NOT_TENSOR, Seg, Space, Tup, Use, Val
+from .model import APPROXIMATE, NOT_TENSOR, Seg, Space, Tup, Use, Val
 
 
 def _zero_in(lo, hi) -> bool:
@@ -60,6 +60,7 @@ class _Analyzer:
         # producers whose channels were laid out in radix groups (radix.py): found by one pass,
         # used by the next (a grouped conv comes before the reshape that shows it)
         self.radix_hint: Set[str] = set()
+        self.param_dims: Dict[str, int] = {}    # parameter members: qualified name -> channel dim
         self.radix_found: Set[str] = set()
         self.reshape_index: Dict[str, int] = {}  # fx node -> its place among heads.reshape_like nodes
 
@@ -302,8 +303,9 @@ class _Analyzer:
             self.record(name, m, "gn", Val())
             return self.opaque(node, f"output of {name} (GroupNorm on unmatched channels)")
         if m.num_groups == 1:
-            self.freeze(x, f"{name} is a GroupNorm with one group (a LayerNorm over the channels: "
-                           "pruning any channel changes its statistics)")
+            self.freeze(x, f"{APPROXIMATE} {name}")   # a LayerNorm over the channels
+            self.record(name, m, "gn", x)
+            return Val(tuple(Seg(s.space, True) if m.affine else s for s in x.segs), 1, x.rank)
         offset = 0
         for seg in x.segs:
             space = self.spaces[seg.space].size
@@ -317,6 +319,56 @@ class _Analyzer:
         # whatever came in. Without: a group of zeros normalises to zero.
         segs = tuple(Seg(s.space, True) if m.affine else s for s in x.segs)
         return Val(segs, 1, x.rank)
+
+    def layer_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
+        """A LayerNorm over the channels ([B, C], or the last dimension of a channels-last or
+        token layout): per-channel weight and bias, but its statistics are all the
+        channels': approximate, left alone unless ``prune(..., approximate=True)``."""
+        size = self.size(x)
+        if x.factor != 1 or size is None or tuple(m.normalized_shape) != (size,) or \
+                not (x.last or x.rank == 2):
+            return self.unknown(node, f"{type(m).__name__} not over the channels", x)
+        self.freeze(x, f"{APPROXIMATE} {name}")   # (prune._decide words the reason)
+        self.record(name, m, "ln", x)
+        # its pruned channels' weight (and bias) zeroed: they come out zero
+        zero = getattr(m, "weight", None) is not None
+        return Val(tuple(Seg(s.space, True) if zero else Seg(s.space, False, f"{name} (LayerNorm without weight)")
+                         for s in x.segs), 1, x.rank, last=x.last)
+
+    def join_last(self, node, kind: str, a: Val, b: Val) -> Val:
+        """``a + b`` or ``a * b`` of two values laid out along their last dimension, of one
+        shape (a residual addition of channels-last or token streams): joined as ``binary``
+        joins channel layouts."""
+        sa, sb = (self.shapes.get(n.name) if isinstance(n, torch.fx.Node) else None for n in node.args[:2])
+        if sa is None or sa != sb or a.factor != 1 or b.factor != 1 or not self.compatible(a.segs, b.segs):
+            return self.unknown(node, f"{kind} of last-dimension layouts of different shapes", (a, b))
+        return replace(self._joined(kind, a, b), last=True)
+
+    def param_member(self, node, kind: str, x: Val, p: Val) -> Val:
+        """``x * p`` or ``x + p`` for a parameter ``p`` with one entry per channel of ``x``
+        along its channel dimension (a layer scale, a per-channel bias): ``p`` is pruned
+        with those channels (its pruned entries zeroed, zero stays zero)."""
+        qualname, dims, edit = p.param   # the tensor's dim at each of the value's dims (None: a
+                                         # view's); a view holding the channel count, if any
+        owner, _, attr = qualname.rpartition(".")
+        t = getattr(self.modules.get(owner), attr, None)
+        size = self.size(x)
+        ch = None if x.rank is None else (x.rank - 1 if x.last else 1)
+        at = None if ch is None else ch - (x.rank - len(dims))   # broadcast: aligned on the right
+        dim = dims[at] if at is not None and 0 <= at < len(dims) else None
+        if not isinstance(t, torch.Tensor) or dim is None or size is None or x.factor != 1 or \
+                t.shape[dim] != size or self.param_dims.get(qualname, dim) != dim:
+            return self.unknown(node, f"{kind} by the module attribute {qualname}", (x, p))
+        if edit is not None:
+            node_name, path, count = edit
+            if len(x.segs) != 1 or self.tracer != "fx":
+                return self.unknown(node, f"{kind} by the module attribute {qualname} viewed with a "
+                                          "constant channel count", (x, p))
+            self.head_ops[node_name] = ("channels", path, count, x.segs[0].space, 1,
+                                        self.reshape_index.get(node_name, -1))
+        self.record(qualname, t, "param", x)
+        self.param_dims[qualname] = dim
+        return x
 
     def batch_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
         return self.channelwise(node, name, m, x, "bn", m.num_features, m.affine,
@@ -459,6 +511,9 @@ class _Analyzer:
             self.unsupported.append(reason)
             self.freeze((a, b), reason)
             return a
+        return self._joined(kind, a, b)
+
+    def _joined(self, kind: str, a: Val, b: Val) -> Val:
         segs = []
         for x, y in zip(a.segs, b.segs):
             if self.find(x.space) != self.find(y.space) and kind == "add":

@@ -6,7 +6,8 @@ graph (``_find_standardised``)."""
 from __future__ import annotations
 
 import operator
-from typing import List
+from dataclasses import replace
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -160,7 +161,153 @@ def _fx_linear(A: _Analyzer, node, fn, x: Val, args, kwargs):
     return A.linear(node, name, m, x) if isinstance(m, nn.Linear) else None
 
 
-_FX_LAYERS = {"bn": _fx_batch_norm, "gn": _fx_group_norm, "conv": _fx_conv, "linear": _fx_linear}
+def _fx_layer_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
+    shape = _arg(node.args, node.kwargs, 1, "normalized_shape")
+    weight, bias = _arg(node.args, node.kwargs, 2, "weight"), _arg(node.args, node.kwargs, 3, "bias")
+    name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
+    if m is None or not isinstance(m, nn.LayerNorm) or tuple(shape or ()) != tuple(m.normalized_shape) or \
+            (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+        return None
+    return A.layer_norm(node, name, m, x)
+
+
+_FX_LAYERS = {"bn": _fx_batch_norm, "gn": _fx_group_norm, "ln": _fx_layer_norm, "conv": _fx_conv,
+              "linear": _fx_linear}
+
+
+_VIEWS = ("reshape", "view", "expand")
+_BINARY = ("add", "add_", "mul", "mul_", "sub", "sub_")
+_REDUCE = ("mean", "sum", "amax", "max")
+
+
+def _param_use(node):
+    """The product or sum that a parameter read by ``node`` reaches through views, when
+    that is its one use (so that pruning it along the channels changes nothing else)."""
+    n = node
+    while len(n.users) == 1:
+        user = next(iter(n.users))
+        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        if name in _VIEWS and user.args[0] is n:
+            n = user
+            continue
+        if name == "cat" and user.op == "call_function":   # a class token, concatenated
+            return user
+        return user if name in _BINARY and user.op in ("call_method", "call_function") else None
+    return None
+
+
+def _channel_dim(x: Val) -> int:
+    return x.rank - 1 if x.last else 1
+
+
+def _as_layout(x: Val, dim: int, rank: int) -> Optional[Val]:
+    """``x`` with its channels moved to ``dim`` of a tensor of ``rank``: dim 1, or the
+    last (channels-last and token layouts); None elsewhere."""
+    if rank == 2 and dim == 1:
+        return replace(x, rank=2, last=False)
+    if dim == 1:
+        return replace(x, rank=rank, last=False)
+    if dim == rank - 1 and rank >= 3:
+        return replace(x, rank=rank, last=True)
+    return None
+
+
+def _cat_tokens(A: _Analyzer, node, args, kwargs):
+    """``torch.cat`` of token or channels-last layouts along a dimension that is not the
+    channels' (a class token prepended): the pieces' channels are one, joined; a parameter
+    among them (the class token) is pruned with them. None for other concatenations."""
+    items = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not isinstance(items, (list, tuple)) or not isinstance(dim, int):
+        return None
+    acts = [v for v in items if isinstance(v, Val) and v.tensor and v.param is None]
+    params = [v for v in items if isinstance(v, Val) and v.param is not None]
+    if not acts or not all(v.last for v in acts) or len(acts) + len(params) != len(items):
+        return None
+    x = acts[0]
+    if dim % x.rank == x.rank - 1 or any(not A.compatible(x.segs, v.segs) or v.rank != x.rank for v in acts):
+        return None
+    for v in acts[1:]:
+        x = A._joined("add", x, v)
+    for p in params:
+        A.param_member(node, "cat", replace(x, last=True), p)
+    return replace(x, last=True, rank=acts[0].rank)
+
+
+def _layout(A: _Analyzer, node, args, kwargs):
+    """Layout ops the table's rules do not cover: a permute between channels at dim 1 and
+    channels last; a view of a parameter read by get_attr; a product or sum with such a
+    parameter (a layer scale: the parameter is pruned with the channels); a residual sum or
+    a product of two channels-last or token layouts. None where none applies."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    x = args[0] if args else None
+    if not isinstance(x, Val) or not x.tensor:
+        x = None
+    layout = x is not None and x.param is None and x.rank is not None and x.factor == 1 and \
+        x.heads is None and x.radix is None and bool(x.segs)
+    if name == "permute" and layout:
+        dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        dims = [d % x.rank for d in dims if isinstance(d, int)]
+        if sorted(dims) != list(range(x.rank)):
+            return None
+        out = _as_layout(x, dims.index(_channel_dim(x)), x.rank)
+        return out if out is not None else A.unknown(node, "permute of the channels elsewhere", x)
+    if name in ("transpose", "swapaxes") and layout and len(args) == 3 and all(isinstance(d, int) for d in args[1:]):
+        a, b = (d % x.rank for d in args[1:])
+        ch = _channel_dim(x)
+        to = b if ch == a else a if ch == b else ch
+        out = _as_layout(x, to, x.rank)
+        return out if out is not None else A.unknown(node, "transpose of the channels elsewhere", x)
+    if name == "flatten" and layout and not x.last and x.rank >= 3:
+        start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+        end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+        if isinstance(start, int) and isinstance(end, int) and start % x.rank >= 2:
+            return replace(x, rank=x.rank - (end % x.rank - start % x.rank))   # spatial dims only
+        return None
+    if name == "getitem" and layout and x.last and len(args) == 2 and isinstance(args[1], tuple) \
+            and len(args[1]) < x.rank and args[1][:1] == (slice(None),) \
+            and all(isinstance(i, (int, slice)) for i in args[1]):
+        # tokens picked (x[:, 0], x[:, 1:]): the channels, last, untouched
+        shape = A.shapes.get(node.name)
+        return _as_layout(x, len(shape) - 1, len(shape)) if isinstance(shape, tuple) else None
+    if name in _REDUCE and layout and x.last and node.op == "call_method":
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (tuple, list)) else None
+        shape = A.shapes.get(node.name)
+        if dims and all(isinstance(d, int) and d % x.rank not in (0, x.rank - 1) for d in dims) and \
+                isinstance(shape, tuple) and shape[-1] == A.size(x):
+            return _as_layout(x, len(shape) - 1, len(shape))   # a mean over tokens
+        return None
+    if x is not None and x.param is not None and name in _VIEWS:
+        shape, before = A.shapes.get(node.name), A.shapes.get(node.args[0].name)
+        if name == "expand" and isinstance(shape, tuple) and isinstance(before, tuple) and len(shape) == len(before):
+            return x   # broadcast dims only: the tensor's dims stay where they are
+        big = [d for d, n in enumerate(shape or ()) if n != 1]
+        was = [d for d, n in enumerate(before or ()) if n != 1]
+        if len(big) == 1 and len(was) == 1 and name != "expand":   # a per-channel vector, viewed
+            entries = _heads._shape_entries(node)
+            fixed = [(path, v) for path, v in entries if isinstance(v, int) and v == shape[big[0]] > 1]
+            if len(entries) != len(shape) or len(fixed) > 1:
+                return A.opaque(node, f"the module attribute {x.param[0]} is viewed in a way not understood")
+            # a constant channel count in the view (PoolFormer's scale.view(self.shape)): the
+            # pruned model's graph gets the new count (plan.py), once the channels are known
+            edit = (node.name, fixed[0][0], fixed[0][1]) if fixed else None
+            return replace(x, rank=len(shape), param=(x.param[0], tuple(
+                x.param[1][was[0]] if d == big[0] else None for d in range(len(shape))), edit))
+        return A.opaque(node, f"the module attribute {x.param[0]} is used as a tensor")
+    if name == "cat" and node.op == "call_function":
+        return _cat_tokens(A, node, args, kwargs)
+    if name in _BINARY and len(args) == 2 and not kwargs:
+        a, b = args
+        ta = isinstance(a, Val) and a.tensor
+        tb = isinstance(b, Val) and b.tensor
+        kind = "add" if name.startswith(("add", "sub")) else "mul"
+        if ta and tb and (a.param is None) != (b.param is None):
+            act, par = (a, b) if b.param is not None else (b, a)
+            return A.param_member(node, kind, act, par)
+        if ta and tb and a.last and b.last:
+            return A.join_last(node, kind, a, b)
+    return None
 
 
 def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
@@ -174,7 +321,8 @@ def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
 
 # rule -> the _Analyzer method of a leaf module with its own state
 _MODULE_LAYERS = {"conv": "conv", "linear": "linear", "bn": "batch_norm", "prelu": "prelu",
-                  "gn": "group_norm", "shortcut": "shortcut", "constant_pad": "constant_pad"}
+                  "gn": "group_norm", "ln": "layer_norm", "shortcut": "shortcut",
+                  "constant_pad": "constant_pad"}
 
 
 def _call_module(A: _Analyzer, node, c: Call, rule):
@@ -210,6 +358,8 @@ def _visit_fx(A: _Analyzer, node, gm):
         for part in target.split("."):
             obj = getattr(obj, part)
         if isinstance(obj, torch.Tensor):
+            if obj.dim() >= 1 and _param_use(node) is not None:
+                return Val((), 1, obj.dim(), param=(target, tuple(range(obj.dim())), None))
             return A.opaque(node, f"the module attribute {target} is used as a tensor")
         return NOT_TENSOR
     if op == "output":
@@ -218,6 +368,8 @@ def _visit_fx(A: _Analyzer, node, gm):
     out = _heads.visit(A, node, args, kwargs, gm.get_submodule(target) if op == "call_module" else None)
     if out is None and op != "call_module":
         out = _radix.visit(A, node, args, kwargs)
+    if out is None and op != "call_module":
+        out = _layout(A, node, args, kwargs)
     if out is not None:
         return out
     if op == "call_module":
@@ -227,7 +379,7 @@ def _visit_fx(A: _Analyzer, node, gm):
         x = args[0] if args else next(iter(kwargs.values()), None)
         c = Call("module", m, args, kwargs, x, type(m).__name__, type(m).__name__, target)
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,
-                         (lambda: _call_module(A, node, c, rule)) if rule == "linear" else None)
+                         (lambda: _call_module(A, node, c, rule)) if rule in ("linear", "ln") else None)
         return out if out is not None else _call_module(A, node, c, rule)
     kind = "method" if op == "call_method" else "function"
     entry = entry_of(kind, target)
@@ -235,8 +387,8 @@ def _visit_fx(A: _Analyzer, node, gm):
     if rule != "size":     # a shape query is no use of the channels
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,
                          (lambda: _fx_functional(A, node, rule, target, args[0], args, kwargs) or
-                          A.unknown(node, "F.linear", (args, kwargs)))
-                         if kind == "function" and rule == "linear" else None)
+                          A.unknown(node, f"F.{getattr(target, '__name__', target)}", (args, kwargs)))
+                         if kind == "function" and rule in ("linear", "ln") else None)
         if out is not None:
             return out
     x = args[0] if args else None

@@ -9,6 +9,12 @@ from typing import Any, Dict, List, Optional, Tuple
 from torch import nn
 
 
+# A reason that starts with this leaves a group alone only by default: the group's pruning
+# changes a normalisation's statistics (a LayerNorm over the channels), which
+# ``prune(..., approximate=True)`` accepts, measuring the difference it makes.
+APPROXIMATE = "approximate:"
+
+
 @dataclass
 class Space:
     """The output channels of one producer, or a run of them: where the graph needs a
@@ -62,6 +68,9 @@ class Val:
                                  # of a Linear on an input of rank >= 3 (tokens, channels-last)
     heads: Optional[Heads] = None  # the segs are laid out in attention heads (heads.py)
     radix: Optional[Radix] = None  # the segs are laid out in radix groups (radix.py)
+    param: Optional[Tuple[Any, ...]] = None  # a tensor attribute read by get_attr (fx): its
+                                  # qualified name, its dim at each of this value's dims (None
+                                  # for a view's size-1 dims), and a view holding its size, if any
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class Analysis:
     # features per head, the node's place among the graph's reshapes): reshapes into and out
     # of attention heads whose head count or width changes with the pruning (heads.py)
     head_ops: Dict[str, Tuple[str, Tuple[int, ...], Optional[int], int, int, int]] = field(default_factory=dict)
+    param_dims: Dict[str, int] = field(default_factory=dict)   # parameter members -> channel dim
     _members: Optional[Dict[int, List[str]]] = field(default=None, repr=False, compare=False)
 
     def producers(self, group: Group) -> List[Use]:

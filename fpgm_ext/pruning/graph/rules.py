@@ -36,6 +36,7 @@ RULES = {
     "linear": "a Linear: its features are a new space ([N, features], or a last dimension)",
     "bn": "BatchNorm: per-channel tensors, pruned with its input's channels",
     "gn": "GroupNorm: its input's spaces pruned in whole GN groups",
+    "ln": "LayerNorm over the channels: per-channel tensors; approximate (its statistics change)",
     "prelu": "PReLU: per-channel slopes (one slope: passes)",
     "shortcut": "PadShortcut: a space of its own, fed by its input's",
     "constant_pad": "a ConstantPad module: keeps zeros when its value is 0",
@@ -60,7 +61,7 @@ RULES = {
     "size": "a shape query: not a tensor, and no use of the channels",
     "scalar": "a result that is not a tensor, read from the tensor's values",
 }
-LAYERS = frozenset({"conv", "linear", "bn", "gn", "prelu", "shortcut", "constant_pad"})
+LAYERS = frozenset({"conv", "linear", "bn", "gn", "ln", "prelu", "shortcut", "constant_pad"})
 
 EW = True      # elementwise (see the module docstring)
 
@@ -80,6 +81,8 @@ _ROWS: Tuple[Tuple[str, str, bool, tuple], ...] = (
     ("module", "gn", False, (nn.GroupNorm,)),
     ("function", "gn", False, (F.group_norm,)),
     ("aten", "gn", False, ("group_norm", "native_group_norm")),
+    ("module", "ln", False, (nn.LayerNorm,)),
+    ("function", "ln", False, (F.layer_norm,)),
     ("module", "prelu", False, (nn.PReLU,)),
     ("aten", "prelu", False, ("_prelu_kernel", "prelu")),
     ("module", "shortcut", False, (PadShortcut,)),
