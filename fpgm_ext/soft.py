@@ -170,13 +170,15 @@ class SoftFPGM:
         # frees a group for one selection) gets an all-True mask: its hook stays harmless.
         for name in self._pruned:
             if name not in keep:
-                keep[name] = torch.ones(self._pruned[name].numel(), dtype=torch.bool,
-                                        device=self._pruned[name].device)
+                keep[name] = torch.ones_like(self._pruned[name]).reshape(
+                    -1 if self._pruned[name].shape[1:].numel() == 1 else self._pruned[name].shape)
         for name, k in keep.items():
             p = self._params.get(name)
             if p is None:
                 raise RuntimeError(f"fpgm_ext.SoftFPGM: {name} is not a parameter of the model")
-            pruned = (~k).reshape((-1,) + (1,) * (p.dim() - 1)).to(p.device)
+            # (a mask of several dims: a tensor pruned along another dim than its first, shaped
+            # to broadcast along it, as plan.pruned_masks gives it)
+            pruned = (~k if k.dim() > 1 else (~k).reshape((-1,) + (1,) * (p.dim() - 1))).to(p.device)
             if name in self._pruned:
                 self._pruned[name].copy_(pruned)        # the hook holds this tensor
             else:

@@ -485,6 +485,11 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
             know, torch.export's analysis too (about a second more), and the one that
             prunes more (``report.tracer``, ``report.tracer_note``).
         measure: measure FLOPs and parameters with FlopCounterMode (needs example_inputs).
+        approximate: also prune channels under a LayerNorm or GroupNorm(1, C) over all of
+            them (their statistics change: the pruned model is then not the masked
+            original); each such group is in ``report.approximate`` with its measured
+            ``output_difference`` (that group alone pruned, against the original with its
+            channels zeroed, on ``example_inputs``, over the largest output).
         target_flops, target_params: instead of ``rate_dist``, the fraction of the FLOPs
             (measured as above) or of the parameters to remove, e.g. 0.5: the uniform
             ``rate_dist`` (every group at one rate, the paper's semantics) whose reduction

@@ -13,7 +13,9 @@ are joined into a *group*:
 - a grouped or depthwise convolution joins its input and output spaces *by conv group*:
   the group is then pruned in units of whole conv groups (``units``);
 - a GroupNorm prunes its input's spaces in units of whole GN groups (a group's statistics
-  are its own channels'); with one group it is a LayerNorm over channels: left alone;
+  are its own channels'); with one group it is a LayerNorm over channels, as a LayerNorm
+  over the last dimension is: a member whose statistics change, left alone with a reason
+  marked ``APPROXIMATE`` that ``prune(approximate=True)`` lifts;
 - a weight-standardised conv (its weight normalised per filter at each forward) prunes its
   filters and their gain, never its input channels (that would change every filter);
 - ``torch.cat`` along channels makes no join: the consumer's input channels are the
