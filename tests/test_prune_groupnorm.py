@@ -79,7 +79,7 @@ def test_one_group_is_left_alone_by_name():
                           nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1))
     pruned, report = fpgm_ext.prune(model, torch.randn(1, 3, 8, 8), rate_dist=0.5)
     reasons = " ".join(g["left_alone"] for g in report.left_alone)
-    assert "1 norm layer over all its channels (1; LayerNorm, GroupNorm(1, C))" in reasons
+    assert "1 normalisation over all its channels (1): pruning changes its statistics" in reasons
     assert "approximate=True prunes it" in reasons
     assert pruned[1].num_channels == 16 and pruned[3].num_channels == 4
 

@@ -364,9 +364,9 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
         norms = [r[len(APPROXIMATE):].strip() for r in frozen[g.id] if r.startswith(APPROXIMATE)]
         if not norms:
             continue
-        why = (f"{len(norms)} norm layer{'s' if len(norms) > 1 else ''} over all its channels "
-               f"({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}; LayerNorm, GroupNorm(1, C)): "
-               "pruning changes their statistics")
+        why = (f"{len(norms)} normalisation{'s' if len(norms) > 1 else ''} over all its channels "
+               f"({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}): pruning changes "
+               f"{'their' if len(norms) > 1 else 'its'} statistics")
         frozen[g.id] = [r for r in frozen[g.id] if not r.startswith(APPROXIMATE)]
         if approximate:
             approx[g.id] = why

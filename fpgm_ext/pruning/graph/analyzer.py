@@ -340,9 +340,11 @@ class _Analyzer:
         shape (a residual addition of channels-last or token streams): joined as ``binary``
         joins channel layouts."""
         sa, sb = (self.shapes.get(n.name) if isinstance(n, torch.fx.Node) else None for n in node.args[:2])
-        if sa is None or sa != sb or a.factor != 1 or b.factor != 1 or not self.compatible(a.segs, b.segs):
+        same = isinstance(sa, tuple) and isinstance(sb, tuple) and len(sa) == len(sb) and sa[-1] == sb[-1] \
+            and all(p == q or p == 1 or q == 1 for p, q in zip(sa, sb))   # broadcast off the channels
+        if not same or a.factor != 1 or b.factor != 1 or not self.compatible(a.segs, b.segs):
             return self.unknown(node, f"{kind} of last-dimension layouts of different shapes", (a, b))
-        return replace(self._joined(kind, a, b), last=True)
+        return replace(self._joined(kind, a, b), last=True, rank=len(sa))
 
     def param_member(self, node, kind: str, x: Val, p: Val) -> Val:
         """``x * p`` or ``x + p`` for a parameter ``p`` with one entry per channel of ``x``

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .analyzer import _Analyzer
-from .model import NOT_TENSOR, Tup, Val
+from .model import APPROXIMATE, NOT_TENSOR, Tup, Val
 from .rules import BN, CONV, Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
 from . import heads as _heads
 from . import radix as _radix
@@ -177,7 +177,8 @@ _FX_LAYERS = {"bn": _fx_batch_norm, "gn": _fx_group_norm, "ln": _fx_layer_norm, 
 
 _VIEWS = ("reshape", "view", "expand")
 _BINARY = ("add", "add_", "mul", "mul_", "sub", "sub_")
-_REDUCE = ("mean", "sum", "amax", "max")
+_REDUCE = ("mean", "sum", "amax", "max", "norm")
+_DIV = ("truediv", "div", "div_")
 
 
 def _param_use(node):
@@ -190,7 +191,7 @@ def _param_use(node):
         if name in _VIEWS and user.args[0] is n:
             n = user
             continue
-        if name == "cat" and user.op == "call_function":   # a class token, concatenated
+        if name in ("cat", "addcmul") and user.op == "call_function":   # a class token; GRN's affine
             return user
         return user if name in _BINARY and user.op in ("call_method", "call_function") else None
     return None
@@ -270,13 +271,32 @@ def _layout(A: _Analyzer, node, args, kwargs):
         # tokens picked (x[:, 0], x[:, 1:]): the channels, last, untouched
         shape = A.shapes.get(node.name)
         return _as_layout(x, len(shape) - 1, len(shape)) if isinstance(shape, tuple) else None
-    if name in _REDUCE and layout and x.last and node.op == "call_method":
-        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+    if name in _REDUCE and layout and node.op == "call_method" and (x.last or name == "norm" or
+                                                                   x.rank is not None):
+        dims = (args[2] if len(args) > 2 else kwargs.get("dim")) if name == "norm" else \
+            (args[1] if len(args) > 1 else kwargs.get("dim"))
         dims = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (tuple, list)) else None
+        dims = None if dims is None or not all(isinstance(d, int) for d in dims) else [d % x.rank for d in dims]
         shape = A.shapes.get(node.name)
-        if dims and all(isinstance(d, int) and d % x.rank not in (0, x.rank - 1) for d in dims) and \
-                isinstance(shape, tuple) and shape[-1] == A.size(x):
-            return _as_layout(x, len(shape) - 1, len(shape))   # a mean over tokens
+        ch = _channel_dim(x)
+        if dims == [ch] and isinstance(shape, tuple) and len(shape) == x.rank:
+            # over the channels, kept as a dim of 1 (GRN's mean): a statistic of all of them
+            # (its channels' removal changes it: they are left alone unless approximate)
+            A.freeze(x, f"{APPROXIMATE} a {name} over them at node {node.name}")
+            return Val((), 1, x.rank, stat=f"a {name} over them at node {node.name}")
+        if (x.last or name == "norm") and dims and all(d not in (0, ch) for d in dims) and \
+                isinstance(shape, tuple) and A.size(x) in shape:
+            # over tokens or pixels: per channel (a norm of zeros is zero)
+            return _as_layout(x, len(shape) - 1 if x.last else 1, len(shape))
+        return None
+    if name in _BINARY + _DIV and len(args) == 2 and not kwargs and \
+            any(isinstance(v, Val) and v.stat is not None for v in args):
+        return _with_statistic(A, node, name, *args)
+    if name == "addcmul" and node.op == "call_function" and len(args) == 3 and not kwargs.get("value", 1) != 1:
+        base, t1, t2 = args   # base + t1 * t2 (ConvNeXt-V2's GRN: bias + weight * (x * x_n))
+        if all(isinstance(v, Val) and v.tensor for v in args) and base.param is not None:
+            y = _layout_binary(A, node, "mul", t1, t2)
+            return A.param_member(node, "add", y, base) if y is not None else None
         return None
     if x is not None and x.param is not None and name in _VIEWS:
         shape, before = A.shapes.get(node.name), A.shapes.get(node.args[0].name)
@@ -298,17 +318,39 @@ def _layout(A: _Analyzer, node, args, kwargs):
     if name == "cat" and node.op == "call_function":
         return _cat_tokens(A, node, args, kwargs)
     if name in _BINARY and len(args) == 2 and not kwargs:
-        a, b = args
-        ta = isinstance(a, Val) and a.tensor
-        tb = isinstance(b, Val) and b.tensor
-        kind = "add" if name.startswith(("add", "sub")) else "mul"
-        if ta and tb and (a.param is None) != (b.param is None):
-            act, par = (a, b) if b.param is not None else (b, a)
-            return A.param_member(node, kind, act, par)
-        if ta and tb and a.last and b.last:
-            return A.join_last(node, kind, a, b)
+        return _layout_binary(A, node, "add" if name.startswith(("add", "sub")) else "mul", *args)
     return None
 
+
+def _layout_binary(A: _Analyzer, node, kind: str, a, b):
+    """A product or sum with a parameter (a member), or of two channels-last / token
+    layouts (joined); None for the other rules."""
+    ta = isinstance(a, Val) and a.tensor
+    tb = isinstance(b, Val) and b.tensor
+    if ta and tb and (a.param is None) != (b.param is None):
+        act, par = (a, b) if b.param is not None else (b, a)
+        return A.param_member(node, kind, act, par)
+    if ta and tb and a.last and b.last:
+        return A.join_last(node, kind, a, b)
+    return None
+
+
+def _with_statistic(A: _Analyzer, node, name: str, a, b):
+    """An op with a statistic over all of some channels (``x_g / (x_g.mean(1) + eps)``),
+    whose channels are left alone unless approximate (removing one changes it): broadcast
+    over the channels it meets, a number per sample; zero stays zero in a product or in a
+    numerator."""
+    stat = next(v for v in (a, b) if isinstance(v, Val) and v.stat is not None)
+    other = b if stat is a else a
+    if not (isinstance(other, Val) and other.tensor):   # with a number: still a statistic
+        return stat
+    if other.stat is not None:
+        return stat
+    if other.param is not None or (name in _DIV and other is b):
+        return A.unknown(node, f"{name} with a statistic over the channels", (a, b))
+    if name in _BINARY and name.startswith(("add", "sub")):
+        return A.unary(other, False, f"{node.name} (adds {stat.stat})")
+    return other
 
 def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
     """Functional spellings of a supported layer on its own module's tensors, as subclasses

@@ -68,6 +68,8 @@ class Val:
                                  # of a Linear on an input of rank >= 3 (tokens, channels-last)
     heads: Optional[Heads] = None  # the segs are laid out in attention heads (heads.py)
     radix: Optional[Radix] = None  # the segs are laid out in radix groups (radix.py)
+    stat: Optional[str] = None     # a statistic over all channels (fx: ``x.mean(dim=C)``), by
+                                   # its node: no channels of its own, broadcast over them
     param: Optional[Tuple[Any, ...]] = None  # a tensor attribute read by get_attr (fx): its
                                   # qualified name, its dim at each of this value's dims (None
                                   # for a view's size-1 dims), and a view holding its size, if any
