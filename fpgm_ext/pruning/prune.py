@@ -370,8 +370,8 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
         frozen[g.id] = [r for r in frozen[g.id] if not r.startswith(APPROXIMATE)]
         if approximate:
             approx[g.id] = why
-        else:
-            frozen[g.id].append(f"{why} (approximate=True prunes it)")
+        else:   # (said only where nothing else keeps the group whole)
+            frozen[g.id].append(why if frozen[g.id] else f"{why} (approximate=True prunes it)")
     for g in analysis.groups:
         members = analysis.members(g) if ignore else ()
         for n in ignore:
