@@ -38,7 +38,8 @@ def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear):
         return linear()
     if elementwise and len(vals) == 1:
         return vals[0]
-    return A.unknown(node, f"{node.target} on a last-dimension layout", (args, kwargs))
+    what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return A.unknown(node, f"{what} on a last-dimension layout", (args, kwargs))
 
 
 def _pass(A: _Analyzer, node, c: Call):
