@@ -137,3 +137,29 @@ def test_export_tracer_measures_for_real():
 def test_derive_refuses_a_count_that_is_not_a_multiple():
     m = flops.Measurement(flops=7, params=0, layer_flops={"fc": 7}, layer_params={})
     assert flops.derive_pruned(m, {"fc": 4}, nn.Sequential()) is None
+
+
+class _ExpandedParameterArgument(nn.Module):
+    """A parameter expanded under no_grad and passed to a submodule (timm's CaiT class
+    token): FlopCounterMode's module tracker cannot hook its gradient under no_grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.fc = nn.Linear(8, 8)
+        self.block = _AddToken()
+
+    def forward(self, x):
+        return self.block(self.fc(x), self.cls.expand(x.shape[0], -1, -1))
+
+
+class _AddToken(nn.Module):
+    def forward(self, x, token):
+        return x + token
+
+
+def test_measure_with_an_expanded_parameter_argument():
+    model = _ExpandedParameterArgument().eval()
+    m = flops.measure(model, (torch.randn(2, 3, 8),))
+    assert m.flops == 2 * 2 * 3 * 8 * 8
+    assert not any(p.grad is not None for p in model.parameters())

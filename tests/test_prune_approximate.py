@@ -54,7 +54,8 @@ class Tokens(nn.Module):
         self.head = nn.Linear(c, 5)
 
     def forward(self, x):
-        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = self.patch(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)   # (torchvision's spelling)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
         x = x + self.fc2(F.gelu(self.fc1(self.norm1(x))))
         return self.head(self.norm(x)[:, 0])

@@ -172,3 +172,34 @@ def test_heads_left_alone_by_name(cls, reason):
     pruned, report = _prune(model, x)
     assert pruned.get_submodule("attn.qkv").out_features == 3 * 48
     assert any(reason in g["left_alone"] for g in report.left_alone), report.left_alone
+
+
+class SplitThenHeads(nn.Module):
+    """A channel split (a graph rewrite of its sizes) and attention heads (a rewrite of the
+    head count) in one model: both edits in one plan."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.embed = nn.Linear(16, 48)
+        self.attn = Attention()
+        self.head = nn.Linear(48, 5)
+
+    def forward(self, x):
+        a, b = self.stem(x).split(8, dim=1)
+        x = torch.cat([self.branch(a), b], dim=1).flatten(2).transpose(1, 2)
+        x = self.embed(x)
+        x = x + self.attn(x)
+        return self.head(x.mean(1))
+
+
+def test_split_and_heads_in_one_plan():
+    torch.manual_seed(0)
+    model = SplitThenHeads().eval()
+    x = torch.randn(2, 3, 4, 4)
+    pruned, report = _prune(model, x)
+    ops = sorted({e["op"] for e in report.plan.graph.values()})
+    assert "split" in ops and "heads" in ops and "merge_heads" in ops, ops
+    assert_exact(model, pruned, report.plan, x)
+    assert_exact_by_value(model, pruned, x)

@@ -50,8 +50,16 @@ def _params(model: nn.Module):
 def measure(model: nn.Module, example_inputs: Sequence) -> Measurement:
     inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
     counter = FlopCounterMode(display=False)
-    with _ModeGuard(model), counter:
-        model(*inputs)
+    try:
+        with _ModeGuard(model), counter:
+            model(*inputs)
+    except AssertionError:
+        # FlopCounterMode's module tracker hooks the gradients of module inputs, which fails
+        # under no_grad for some (torch 2.14, timm's CaiT: "Expected gradient function to be
+        # set"): counted again with gradients on
+        counter = FlopCounterMode(display=False)
+        with _ModeGuard(model), torch.enable_grad(), counter:
+            model(*inputs)
     root = type(model).__name__ + "."
     layer_flops = {}
     for key, counts in counter.get_flop_counts().items():

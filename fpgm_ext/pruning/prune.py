@@ -269,10 +269,10 @@ def _build_plan(analysis, frozen, kept, meta, approx=None) -> Plan:
     edits: Dict[str, Dict[str, Any]] = {}
     for node, (op, segs, spans, index) in analysis.channel_ops.items():
         full = [spaces[s.space].size for s in segs]
-        kept = [len(channels[s.space]) if s.space in channels else spaces[s.space].size for s in segs]
-        if kept != full:
-            edits[node] = {"op": op, "sizes": [sum(kept[a:b]) for a, b in spans],
-                           "starts": [sum(kept[:a]) for a, _ in spans],
+        now = [len(channels[s.space]) if s.space in channels else spaces[s.space].size for s in segs]
+        if now != full:
+            edits[node] = {"op": op, "sizes": [sum(now[a:b]) for a, b in spans],
+                           "starts": [sum(now[:a]) for a, _ in spans],
                            "was_sizes": [sum(full[a:b]) for a, b in spans],
                            "was_starts": [sum(full[:a]) for a, _ in spans], "was_total": sum(full),
                            "index": index}

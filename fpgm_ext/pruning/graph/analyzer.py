@@ -434,8 +434,9 @@ class _Analyzer:
             if len(in_shape) >= 2 and out_shape == (in_shape[0], math.prod(in_shape[1:])):
                 return self.flatten(node, replace(x, rank=len(in_shape)), 1, -1)
             if len(in_shape) >= 2 and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2] and x.factor == 1 \
-                    and all(s == 1 for s in in_shape[2:] + out_shape[2:]):
-                return replace(x, rank=len(out_shape))   # [B, C] <-> [B, C, 1, 1]: the channels stay
+                    and not x.last and math.prod(in_shape[2:]) == math.prod(out_shape[2:]):
+                # [B, C] <-> [B, C, 1, 1], [B, C, H, W] -> [B, C, H * W]: the channels stay
+                return replace(x, rank=len(out_shape))
             return self.unknown(node, f"view/reshape {list(in_shape)} -> {list(out_shape)}", x)
         if len(shape_args) == 2 and shape_args[1] == -1 and shape_args[0] != -1:
             return self.flatten(node, x, 1, -1)   # x.view(x.size(0), -1)
