@@ -201,3 +201,29 @@ def test_cli_approximate(capsys, tmp_path):
     plan = tmp_path / "plan.json"
     assert cli.main(["prune", "cifar_resnet20", "--rate-dist", "0.3", "--approximate", "--plan", str(plan)]) == 0
     assert fpgm_ext.pruning.plan.Plan.load(plan).meta.get("approximate") is True
+
+
+class CountFromOther(nn.Module):
+    """``b`` reshaped with ``a``'s channel count (PVT's ``sr(x).reshape(B, C, -1)`` reads C
+    from its block's input): pruning either alone would break or mis-shape the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.head_a, self.head_b = nn.Linear(8, 5), nn.Linear(8, 5)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        y = b.reshape(b.shape[0], a.shape[1], -1).mean(2)
+        return self.head_a(a.mean((2, 3))) + self.head_b(y)
+
+
+def test_a_channel_count_read_from_other_channels_keeps_both():
+    torch.manual_seed(0)
+    model = CountFromOther().eval()
+    x = torch.randn(2, 3, 4, 4)
+    result = fpgm_ext.prune(model, x, rate_dist=0.4)
+    assert result.model.a.out_channels == result.model.b.out_channels == 8
+    assert any("reads its channel count from other channels" in g["left_alone"] for g in result.report.left_alone)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x))

@@ -283,6 +283,11 @@ def _build_plan(analysis, frozen, kept, meta, approx=None) -> Plan:
             heads = len(kept[gid])
             size = heads if op == "heads" else heads * dim if op == "merge_heads" else len(channels[space])
             edits[node] = {"op": op, "index": index, "arg": list(path), "was": was, "size": size}
+        elif op == "merge_heads" and was is None and kept:
+            # the heads' width read at run time from another tensor (``B, N, C = x.shape``),
+            # whose channels may be pruned while the heads are not: made the constant it is
+            edits[node] = {"op": op, "index": index, "arg": list(path), "was": None,
+                           "size": spaces[space].size}
     return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
 
 
@@ -296,28 +301,37 @@ def _tensors(out) -> List[torch.Tensor]:
     return []
 
 
-def _measure_approximation(model, analysis, plan, example_inputs, ops) -> None:
+def _measure_approximation(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
     """For each group pruned approximately (``approximate=True``): the model with that
     group alone pruned against the original with the group's channels zeroed (what an
     exact pruning computes), on ``example_inputs``: the largest difference over the
-    largest output, into the plan's group entry as ``output_difference``."""
+    largest output, into the plan's group entry as ``output_difference``. Returns the
+    groups whose pruning the model's own code does not take (a size it holds), with why."""
     from .graph.tracing import _ModeGuard
     from .plan import zero_pruned
 
+    failed: Dict[int, str] = {}
     for g in plan.groups:
         if not g.get("approximate") or g["kept"] is None:
             continue
         alone = _build_plan(analysis, {h.id: [] for h in analysis.groups},
                             {g["id"]: torch.tensor(g["kept"])}, plan.meta)
-        pruned = _apply(model, alone, False, ops)
         masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
-        with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
-            got = _tensors(pruned(*example_inputs))
-            want = _tensors(masked(*example_inputs))
+        try:
+            pruned = _apply(model, alone, False, ops)
+            with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
+                got = _tensors(pruned(*example_inputs))
+                want = _tensors(masked(*example_inputs))
+        except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
+            failed[g["id"]] = (f"pruned approximately, the model fails on the example inputs "
+                               f"({type(exc).__name__}: {first}): its code holds a size of these channels")
+            continue
         scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
         diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want)
                     if a.shape == b.shape and a.numel()), default=0.0)
         g["output_difference"] = diff / scale if scale > 0 else diff
+    return failed
 
 
 def _channels(analysis, keep=lambda g: True) -> int:
@@ -355,7 +369,8 @@ def _analyse(model, example_inputs, trace: str, flops=None):
 
 
 def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
-            round_to, ops, cache: Optional[Dict[int, Any]] = None, approximate: bool = False) -> Plan:
+            round_to, ops, cache: Optional[Dict[int, Any]] = None, approximate: bool = False,
+            refused: Optional[Dict[int, str]] = None) -> Plan:
     """The plan of ``model`` (already analysed): frozen groups, selection, plan."""
     distance_scores_multi = _distance_scores_multi if ops is None else ops.distance_scores_multi
     frozen = {g.id: list(g.reasons) for g in analysis.groups}
@@ -372,6 +387,8 @@ def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residua
             approx[g.id] = why
         else:   # (said only where nothing else keeps the group whole)
             frozen[g.id].append(why if frozen[g.id] else f"{why} (approximate=True prunes it)")
+    for gid, why in (refused or {}).items():
+        frozen[gid].append(why)
     for g in analysis.groups:
         members = analysis.members(g) if ignore else ()
         for n in ignore:
@@ -547,7 +564,11 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     t = time.perf_counter()
     if example_inputs is not None and any(g.get("approximate") for g in plan.groups):
         t = time.perf_counter()
-        _measure_approximation(model, analysis, plan, example_inputs, ops)
+        failed = _measure_approximation(model, analysis, plan, example_inputs, ops)
+        if failed:   # left alone, named; the others measured again in the plan without them
+            plan = _decide(model, analysis, plan.meta["rate_dist"], rate_norm, metric, ignore,
+                           prune_residual, min_channels, round_to, ops, approximate=True, refused=failed)
+            _measure_approximation(model, analysis, plan, example_inputs, ops)
         timings["approximation"] = time.perf_counter() - t
         t = time.perf_counter()
     pruned = _apply(model, plan, inplace, ops)   # the plan was made from this model: no fit check

@@ -132,6 +132,7 @@ def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -
 
 
 def _finish(A: _Analyzer) -> Analysis:
+    A.check_size_links()
     roots: Dict[int, List[int]] = {}
     for s in range(len(A.spaces)):
         roots.setdefault(A.find(s), []).append(s)

@@ -61,6 +61,7 @@ class _Analyzer:
         # used by the next (a grouped conv comes before the reshape that shows it)
         self.radix_hint: Set[str] = set()
         self.param_dims: Dict[str, int] = {}    # parameter members: qualified name -> channel dim
+        self.size_links: List[Tuple[Tuple[Seg, ...], Tuple[Seg, ...], str]] = []   # heads.reads_own_size
         self.radix_found: Set[str] = set()
         self.reshape_index: Dict[str, int] = {}  # fx node -> its place among heads.reshape_like nodes
 
@@ -434,13 +435,32 @@ class _Analyzer:
             if len(in_shape) >= 2 and out_shape == (in_shape[0], math.prod(in_shape[1:])):
                 return self.flatten(node, replace(x, rank=len(in_shape)), 1, -1)
             if len(in_shape) >= 2 and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2] and x.factor == 1 \
-                    and not x.last and math.prod(in_shape[2:]) == math.prod(out_shape[2:]):
-                # [B, C] <-> [B, C, 1, 1], [B, C, H, W] -> [B, C, H * W]: the channels stay
+                    and not x.last and math.prod(in_shape[2:]) == math.prod(out_shape[2:]) \
+                    and self.tracer == "fx" and self._own_channel_count(node, x):
+                # [B, C] <-> [B, C, 1, 1], [B, C, H, W] -> [B, C, H * W]: the channels stay, when
+                # the graph reads their count at run time (a constant would hold the old one
+                # in the pruned model's code, and [B, C, -1] could then silently mis-shape)
                 return replace(x, rank=len(out_shape))
             return self.unknown(node, f"view/reshape {list(in_shape)} -> {list(out_shape)}", x)
         if len(shape_args) == 2 and shape_args[1] == -1 and shape_args[0] != -1:
             return self.flatten(node, x, 1, -1)   # x.view(x.size(0), -1)
         return self.unknown(node, "view/reshape", x)
+
+    def _own_channel_count(self, node, x: Val) -> bool:
+        """fx: the channel count a reshape asks for is -1 or read from its input's channels."""
+        from .heads import _shape_entries, reads_own_size
+
+        entries = _shape_entries(node)
+        return len(entries) >= 2 and reads_own_size(self, entries[1][1], node.args[0], x)
+
+    def check_size_links(self) -> None:
+        """After the walk: a reshape whose size is read from another tensor's channels keeps
+        its own channels and that tensor's whole unless the two are joined, space for space."""
+        for mine, theirs, where in self.size_links:
+            if any(self.find(a.space) != self.find(b.space) for a, b in zip(mine, theirs)):
+                why = f"a reshape reads its channel count from other channels (node {where})"
+                self.freeze(Val(mine), why)
+                self.freeze(Val(theirs), why)
 
     def reduce(self, node, what: str, x: Val, dims, keepdim: bool) -> Val:
         if dims is None:

@@ -32,7 +32,7 @@ from typing import List, Optional
 import torch
 
 from .analyzer import _Analyzer
-from .heads import _name, _shape_entries, reshape_like
+from .heads import _name, _shape_entries, reads_own_size, reshape_like
 from .model import NOT_TENSOR, Radix, Seg, Val
 
 
@@ -136,8 +136,8 @@ def _split(A: _Analyzer, node, x: Val) -> Optional[Val]:
     if len(entries) != len(after):
         return None
     value = entries[1 + big[1]][1]
-    if not (isinstance(value, torch.fx.Node) or value == -1):
-        return A.unknown(node, "radix groups of a constant channel count", x)
+    if not reads_own_size(A, value, node.args[0], x):
+        return A.unknown(node, "radix groups of a channel count not read from the tensor itself", x)
     ends = A.bounds(x.segs)
     inner = sorted({e % c for e in ends} - {0})
     want = sorted({i * c + b for i in range(r) for b in [0] + inner} - {0})
@@ -189,6 +189,6 @@ def _merge(A: _Analyzer, node, x: Val) -> Optional[Val]:
         return None
     if reshape_like(node):
         entries = _shape_entries(node)
-        if len(entries) != 2 or not (isinstance(entries[1][1], torch.fx.Node) or entries[1][1] == -1):
+        if len(entries) != 2 or not reads_own_size(A, entries[1][1], node.args[0], x):
             return None
     return Val(x.segs, 1, 2)
