@@ -15,6 +15,7 @@ from ..certified import CandidateScores
 from ..selection import counts, norm_stage, prune_order, split
 from . import graph as _graph
 from .graph.model import APPROXIMATE
+from .graph.sizes import EAGER_REASONS
 from . import flops as _flops
 from . import target as _target
 from .layers import PadShortcut
@@ -361,11 +362,29 @@ def _analyse(model, example_inputs, trace: str, flops=None):
         other = _graph.analyse(model, example_inputs, "export")
     except _graph.TraceFailure:
         return analysis, "torch.export could not trace it either"
+    _carry_eager_reasons(analysis, other)
     ours, theirs = _prunable(analysis), _prunable(other)
     if theirs > ours:
         return other, (f"trace='auto' kept torch.export's analysis: {theirs} prunable channels "
                        f"against torch.fx's {ours}")
     return analysis, f"trace='auto' kept torch.fx's analysis ({ours} prunable channels, torch.export {theirs})"
+
+
+def _carry_eager_reasons(fx, export) -> None:
+    """The layers whose output channels torch.fx left alone for what only the eager code
+    shows (a channel count read at run time or spelled as a constant: graph/sizes.py) stay
+    alone in torch.export's analysis, whose graph holds every size as a constant."""
+    for name, use in fx.uses.items():
+        if use.kind not in ("conv", "linear") or name not in export.uses:
+            continue
+        why = next((r for s in use.out_spaces for r in fx.groups[fx.group_of[s]].reasons
+                    if any(e in r for e in EAGER_REASONS)), None)
+        if why is None:
+            continue
+        for s in export.uses[name].out_spaces:
+            reasons = export.groups[export.group_of[s]].reasons
+            if f"torch.fx: {why}" not in reasons:
+                reasons.append(f"torch.fx: {why}")
 
 
 def _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,

@@ -79,6 +79,7 @@ from .analyzer import _Analyzer
 from .export import _visit_export
 from .fx import _find_standardised, _visit_fx
 from .heads import reshape_like
+from .sizes import check as check_size_reads
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of, split_like
 from .tracing import TraceFailure, trace
@@ -128,6 +129,8 @@ def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -
                 all(isinstance(s, int) for s in shape):
             val = replace(val, rank=len(shape))
         A.vals[node.name] = val
+    if tracer == "fx":
+        check_size_reads(A, graph)
     return A
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers import PadShortcut
 from .model import APPROXIMATE, NOT_TENSOR, Seg, Space, Tup, Use, Val
+from .sizes import CONSTANT_COUNT, READ_FROM_OTHER, SizeReads
 
 
 def _zero_in(lo, hi) -> bool:
@@ -62,6 +63,8 @@ class _Analyzer:
         self.radix_hint: Set[str] = set()
         self.param_dims: Dict[str, int] = {}    # parameter members: qualified name -> channel dim
         self.size_links: List[Tuple[Tuple[Seg, ...], Tuple[Seg, ...], str]] = []   # heads.reads_own_size
+        self.size_ok: Set[Tuple[str, str]] = set()   # (size node, its user): approved reads (sizes.py)
+        self.size_reads = SizeReads(self.vals)
         self.radix_found: Set[str] = set()
         self.reshape_index: Dict[str, int] = {}  # fx node -> its place among heads.reshape_like nodes
 
@@ -431,12 +434,16 @@ class _Analyzer:
         if isinstance(in_shape, tuple) and isinstance(out_shape, tuple) and in_shape and \
                 all(isinstance(s, int) for s in in_shape + out_shape):
             if out_shape == in_shape:
-                return x
+                if self._keeps_count(node, x, x.rank - 1 if x.last else 1):
+                    return x
+                return self.unknown(node, f"a view that spells its channel count {CONSTANT_COUNT}", x)
             if len(in_shape) >= 2 and out_shape == (in_shape[0], math.prod(in_shape[1:])):
+                if not self._keeps_count(node, x, 1):
+                    return self.unknown(node, f"a flatten that spells its feature count {CONSTANT_COUNT}", x)
                 return self.flatten(node, replace(x, rank=len(in_shape)), 1, -1)
             if len(in_shape) >= 2 and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2] and x.factor == 1 \
                     and not x.last and math.prod(in_shape[2:]) == math.prod(out_shape[2:]) \
-                    and self.tracer == "fx" and self._own_channel_count(node, x):
+                    and self.tracer == "fx" and self._keeps_count(node, x, 1):
                 # [B, C] <-> [B, C, 1, 1], [B, C, H, W] -> [B, C, H * W]: the channels stay, when
                 # the graph reads their count at run time (a constant would hold the old one
                 # in the pruned model's code, and [B, C, -1] could then silently mis-shape)
@@ -446,19 +453,27 @@ class _Analyzer:
             return self.flatten(node, x, 1, -1)   # x.view(x.size(0), -1)
         return self.unknown(node, "view/reshape", x)
 
-    def _own_channel_count(self, node, x: Val) -> bool:
-        """fx: the channel count a reshape asks for is -1 or read from its input's channels."""
+    def _keeps_count(self, node, x: Val, dim: int) -> bool:
+        """A reshape to the shape it had, or a flatten from dim 1: in an fx graph, the entry
+        at ``dim`` (where the channels are) must be -1 or read at run time from them (a
+        constant would be the unpruned count in the pruned model: a failure, or worse, a
+        silent re-layout), or the whole shape read from such a tensor. Export graphs hold
+        constants only, whatever the code said (the tracer's own limit)."""
         from .heads import _shape_entries, reads_own_size
 
+        if self.tracer != "fx":
+            return True
         entries = _shape_entries(node)
-        return len(entries) >= 2 and reads_own_size(self, entries[1][1], node.args[0], x)
+        if len(entries) == 1 and isinstance(entries[0][1], torch.fx.Node):
+            return reads_own_size(self, node, entries[0][1], x)     # x.view(y.shape)
+        return len(entries) > dim and reads_own_size(self, node, entries[dim][1], x)
 
     def check_size_links(self) -> None:
         """After the walk: a reshape whose size is read from another tensor's channels keeps
         its own channels and that tensor's whole unless the two are joined, space for space."""
         for mine, theirs, where in self.size_links:
             if any(self.find(a.space) != self.find(b.space) for a, b in zip(mine, theirs)):
-                why = f"a reshape reads its channel count from other channels (node {where})"
+                why = f"{READ_FROM_OTHER} (node {where})"
                 self.freeze(Val(mine), why)
                 self.freeze(Val(theirs), why)
 

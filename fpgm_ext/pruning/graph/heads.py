@@ -50,47 +50,26 @@ def _shape_entries(node) -> List[Tuple[Tuple[int, ...], Any]]:
     return [((i,), v) for i, v in enumerate(args[1:], start=1)]
 
 
-_SIZE_MATH = ("floordiv", "mul", "add", "sub", "truediv", "getitem", "int")
-
-
-def size_sources(value) -> set:
-    """The tensor nodes whose shapes an fx size value is computed from (``x.shape[1] // 2``
-    reads ``x``); ``None`` among them where it reads anything else. A plain number reads
-    nothing."""
-    if not isinstance(value, torch.fx.Node):
-        return set()
-    name = _name(value)
-    if name == "getattr" and len(value.args) == 2 and value.args[1] == "shape":
-        return {value.args[0]}
-    if value.op == "call_method" and name == "size":
-        return {value.args[0]}
-    if name in _SIZE_MATH:
-        out: set = set()
-        for a in list(value.args) + list(value.kwargs.values()):
-            out |= size_sources(a) if isinstance(a, torch.fx.Node) else set()
-        return out or {None}
-    return {None}
-
-
-def reads_own_size(A, value, tensor, x) -> bool:
-    """Whether a reshape's size argument ``value`` is -1 or is read at run time from the
-    channels of the reshaped tensor ``tensor`` (whose layout is ``x``), or of one tensor
+def reads_own_size(A, node, value, x) -> bool:
+    """Whether the reshape ``node``'s size argument ``value`` is -1 or is read at run time
+    from the channels of the reshaped tensor (whose layout is ``x``), or of one tensor
     whose channels the analysis must then find joined with ``x``'s, space for space
     (``A.size_links``, checked once the walk is done): so that the pruned model computes
-    the pruned size. A constant, or a size of channels pruned differently, would not."""
+    the pruned size. A constant, or a size of channels pruned differently, would not. A
+    read it accepts is approved for this reshape (sizes.py)."""
     if isinstance(value, int):
         return value == -1
     if not isinstance(value, torch.fx.Node):
         return False
-    sources = size_sources(value)
-    if sources == {tensor}:
-        return True
-    if len(sources) != 1 or None in sources:
+    read = A.size_reads.channels_read(value)
+    if len(read) != 1 or {t for t, _ in A.size_reads.reads(value)} != set(read):
         return False
-    other = A.vals.get(next(iter(sources)).name)
-    if not isinstance(other, Val) or not A.compatible(other.segs, x.segs):
-        return False
-    A.size_links.append((tuple(x.segs), tuple(other.segs), value.name))
+    if read[0] != node.args[0].name:
+        other = A.vals.get(read[0])
+        if not isinstance(other, Val) or not A.compatible(other.segs, x.segs):
+            return False
+        A.size_links.append((tuple(x.segs), tuple(other.segs), value.name))
+    A.size_ok.add((value.name, node.name))
     return True
 
 
@@ -229,6 +208,8 @@ def _merge_heads(A: _Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:
         path, value = entries[-1]
         if isinstance(value, torch.fx.Node) or value == heads.heads * heads.dim:
             was = None if isinstance(value, torch.fx.Node) else value
+            if was is None:     # read at run time: the plan writes it as a constant
+                A.size_ok.add((value.name, node.name))
             A.head_ops[node.name] = ("merge_heads", path, was, x.segs[0].space, heads.dim,
                                      A.reshape_index.get(node.name, -1))
         elif value != -1:

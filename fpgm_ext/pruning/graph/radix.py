@@ -136,7 +136,7 @@ def _split(A: _Analyzer, node, x: Val) -> Optional[Val]:
     if len(entries) != len(after):
         return None
     value = entries[1 + big[1]][1]
-    if not reads_own_size(A, value, node.args[0], x):
+    if not reads_own_size(A, node, value, x):
         return A.unknown(node, "radix groups of a channel count not read from the tensor itself", x)
     ends = A.bounds(x.segs)
     inner = sorted({e % c for e in ends} - {0})
@@ -189,6 +189,6 @@ def _merge(A: _Analyzer, node, x: Val) -> Optional[Val]:
         return None
     if reshape_like(node):
         entries = _shape_entries(node)
-        if len(entries) != 2 or not reads_own_size(A, entries[1][1], node.args[0], x):
+        if len(entries) != 2 or not reads_own_size(A, node, entries[1][1], x):
             return None
     return Val(x.segs, 1, 2)
