@@ -29,8 +29,6 @@ import math
 from dataclasses import replace
 from typing import List, Optional
 
-import torch
-
 from .analyzer import _Analyzer
 from .heads import _name, _shape_entries, reads_own_size, reshape_like
 from .model import NOT_TENSOR, Radix, Seg, Val
