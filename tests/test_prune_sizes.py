@@ -136,3 +136,36 @@ def test_understood_reads_prune():
     assert pruned.fc2.out_features == 8
     assert not any("read at run time" in g["left_alone"] for g in report.left_alone), report.left_alone
     assert_exact_by_value(model, pruned, x)
+
+
+class ExportOnly(ReshapeByInputCount):
+    """As ReshapeByInputCount, with a branch on a size that torch.fx cannot trace: only
+    torch.export's graph, whose sizes are constants, is there to analyse."""
+
+    def forward(self, x):
+        x = self.mid(self.stem(x))
+        B, C, H, W = x.shape
+        if H % 2 == 0:
+            x = x * 1.0
+        out = self.qkv(x).reshape(B, 2, -1).sum(1)
+        return self.head(self.body(out.reshape(B, C, H, W)))
+
+
+@pytest.mark.parametrize("make_plan", [False, True])
+def test_export_plan_checked_on_the_code(make_plan):
+    torch.manual_seed(0)
+    model = randomize(ExportOnly().eval())
+    x = torch.randn(2, 3, 8, 8)
+    if make_plan:
+        plan = fpgm_ext.pruning.make_plan(model, x, rate_dist=0.5)
+        assert plan.meta["tracer"] == "export"
+        pruned = fpgm_ext.pruning.apply_plan(model, plan)
+        reasons = [g["left_alone"] for g in plan.groups if g["left_alone"]]
+    else:
+        pruned, report = fpgm_ext.prune(model, x, rate_dist=0.5)
+        assert report.tracer == "export"
+        reasons = [g["left_alone"] for g in report.left_alone]
+    assert pruned.get_submodule("mid.0").out_channels == 16
+    assert pruned.get_submodule("stem.0").out_channels == 8
+    assert any("torch.export" in r and "fails" in r for r in reasons), reasons
+    assert_exact_by_value(model, pruned, x)

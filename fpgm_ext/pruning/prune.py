@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -335,6 +335,62 @@ def _measure_approximation(model, analysis, plan, example_inputs, ops) -> Dict[i
     return failed
 
 
+def _check_eager(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
+    """torch.export's graph holds every size as a constant, and the plan is carried out on
+    the model's own (eager) code, which may read a size at run time where the graph shows
+    a constant (graph/sizes.py): the exactly pruned groups, applied to the model, are
+    compared with the model with their channels zeroed on ``example_inputs``; where they
+    differ (or the model fails), each group alone, and the groups whose pruning the code
+    does not take are returned, with why. One pruned copy and two forwards when it holds."""
+    from .graph.tracing import _ModeGuard
+    from .plan import zero_pruned
+
+    exact = {g["id"]: torch.tensor(g["kept"]) for g in plan.groups
+             if g["kept"] is not None and not g.get("approximate")}
+    no_reasons = {h.id: [] for h in analysis.groups}
+
+    def fails(kept) -> Optional[str]:
+        alone = _build_plan(analysis, no_reasons, kept, plan.meta)
+        try:
+            pruned = _apply(model, alone, False, ops)
+            masked = zero_pruned(copy.deepcopy(model), alone)
+            with torch.no_grad(), _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
+                got, want = _tensors(pruned(*example_inputs)), _tensors(masked(*example_inputs))
+        except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
+            return f"the pruned model fails on the example inputs ({type(exc).__name__}: {first})"
+        scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
+        if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
+            return "the pruned model's outputs change shape"
+        diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want) if a.numel()),
+                   default=0.0)
+        return None if diff <= EAGER_RTOL * max(scale, 1e-30) else \
+            f"the pruned model differs from the masked original by {diff / max(scale, 1e-30):.1e}"
+
+    if not exact or fails(exact) is None:
+        return {}
+    failed = {}
+    for gid, kept in exact.items():
+        why = fails({gid: kept})
+        if why is not None:
+            failed[gid] = f"traced by torch.export, whose graph holds sizes as constants: {why} " \
+                          f"(the model's code reads a size of these channels)"
+    return failed or {gid: "traced by torch.export: the pruned groups together do not give the masked "
+                           "original on the example inputs" for gid in exact}
+
+
+def _eager_checked(model, analysis, plan, example_inputs, ops, decide) -> Tuple[Plan, Dict[int, str]]:
+    """A plan from torch.export's analysis, checked on the model's code (``_check_eager``):
+    made again by ``decide(refused)`` without the groups it does not take."""
+    if analysis.tracer != "export" or example_inputs is None:
+        return plan, {}
+    refused = _check_eager(model, analysis, plan, example_inputs, ops)
+    return (decide(refused) if refused else plan), refused
+
+
+EAGER_RTOL = 1e-3   # a wrong pruning differs by O(1); exact ones by float rounding (~1e-6)
+
+
 def _channels(analysis, keep=lambda g: True) -> int:
     """Output channels of the conv and linear layers in the groups ``keep`` accepts."""
     spaces = analysis.spaces
@@ -442,8 +498,11 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
                                               min_channels, round_to, trace)
     if analysis is None:
         analysis, _ = _analyse(model, example_inputs, trace)
-    return _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
+    plan = _decide(model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels,
                    round_to, ops)
+    return _eager_checked(model, analysis, plan, example_inputs, ops, lambda why: _decide(
+        model, analysis, rate_dist, rate_norm, metric, ignore, prune_residual, min_channels, round_to, ops,
+        refused=why))[0]
 
 
 def _layers(model) -> Dict[str, tuple]:
@@ -581,12 +640,18 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         plan, target = _target.search(plan_at, reduction, *goal)
     timings["score and select"] = time.perf_counter() - t
     t = time.perf_counter()
+    plan, refused = _eager_checked(model, analysis, plan, example_inputs, ops, lambda why: _decide(
+        model, analysis, plan.meta["rate_dist"], rate_norm, metric, ignore, prune_residual, min_channels,
+        round_to, ops, approximate=approximate, refused=why))
+    timings["eager check"] = time.perf_counter() - t
+    t = time.perf_counter()
     if example_inputs is not None and any(g.get("approximate") for g in plan.groups):
         t = time.perf_counter()
         failed = _measure_approximation(model, analysis, plan, example_inputs, ops)
         if failed:   # left alone, named; the others measured again in the plan without them
             plan = _decide(model, analysis, plan.meta["rate_dist"], rate_norm, metric, ignore,
-                           prune_residual, min_channels, round_to, ops, approximate=True, refused=failed)
+                           prune_residual, min_channels, round_to, ops, approximate=True,
+                           refused={**refused, **failed})
             _measure_approximation(model, analysis, plan, example_inputs, ops)
         timings["approximation"] = time.perf_counter() - t
         t = time.perf_counter()
