@@ -41,6 +41,8 @@ MODELS = {
     "resnest14d": 0.85,            # split attention: radix reshapes, a grouped conv per radix
     "vit_tiny_patch16_224": 0.35,  # token MLP hidden dims (the LayerNorm stream stays whole)
     "mixer_s16_224": 0.5,          # token-mixing and channel-mixing MLPs
+    "mambaout_femto": 0.45,        # gated conv: channels-last split of the hidden dim, a gate on
+                                   # a concatenation (the LayerNorm stream stays whole)
 }
 TOKENS = {"vit_tiny_patch16_224", "mixer_s16_224"}   # built at 64 x 64: 16 tokens
 

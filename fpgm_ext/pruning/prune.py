@@ -643,7 +643,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     plan, refused = _eager_checked(model, analysis, plan, example_inputs, ops, lambda why: _decide(
         model, analysis, plan.meta["rate_dist"], rate_norm, metric, ignore, prune_residual, min_channels,
         round_to, ops, approximate=approximate, refused=why))
-    timings["eager check"] = time.perf_counter() - t
+    if analysis.tracer == "export":
+        timings["eager check"] = time.perf_counter() - t
     t = time.perf_counter()
     if example_inputs is not None and any(g.get("approximate") for g in plan.groups):
         t = time.perf_counter()

@@ -346,8 +346,10 @@ class _Analyzer:
         sa, sb = (self.shapes.get(n.name) if isinstance(n, torch.fx.Node) else None for n in node.args[:2])
         same = isinstance(sa, tuple) and isinstance(sb, tuple) and len(sa) == len(sb) and sa[-1] == sb[-1] \
             and all(p == q or p == 1 or q == 1 for p, q in zip(sa, sb))   # broadcast off the channels
-        if not same or a.factor != 1 or b.factor != 1 or not self.compatible(a.segs, b.segs):
+        if not same or a.factor != 1 or b.factor != 1:
             return self.unknown(node, f"{kind} of last-dimension layouts of different shapes", (a, b))
+        if not self.compatible(a.segs, b.segs):   # (a gate on a concatenation: MambaOut)
+            return replace(self._cut_alike(node, kind, a, b), last=True, rank=len(sa))
         return replace(self._joined(kind, a, b), last=True, rank=len(sa))
 
     def param_member(self, node, kind: str, x: Val, p: Val) -> Val:
@@ -493,11 +495,13 @@ class _Analyzer:
         vals = [t for t in tensors if isinstance(t, Val) and t.tensor]
         rank = next((v.rank for v in vals if v.rank is not None), None)
         d = dim % rank if rank else dim
-        if len(vals) != len(tensors) or d != 1 or any(v.factor != 1 for v in vals):
+        last = bool(vals) and vals[0].last   # channels-last or token layouts, along the last dim
+        if len(vals) != len(tensors) or d != (rank - 1 if last and rank else 1) or \
+                any(v.factor != 1 or v.last != last for v in vals):
             return self.unknown(node, f"cat(dim={dim})", tensors)
         if any(self.size(v) is None for v in vals):
             return self.unknown(node, "cat of tensors with unknown channel counts", tensors)
-        return Val(tuple(s for v in vals for s in v.segs), 1, rank)
+        return Val(tuple(s for v in vals for s in v.segs), 1, rank, last=last)
 
     def broadcast_one(self, node, a: Val, b: Val) -> Optional[int]:
         """Which operand (0 or 1) broadcasts along channels (size 1), if shapes say so."""
@@ -536,20 +540,24 @@ class _Analyzer:
                 return x
             return self.unary(x, False, f"{node.name} (adds a broadcast tensor)")
         if not self.compatible(a.segs, b.segs):
-            # The same channel count made of spaces cut differently (a concatenation added
-            # to one conv's output): the next pass cuts both at every boundary of either.
-            sa, sb = self.size(a), self.size(b)
-            if sa is not None and sa == sb:
-                both = sorted(set(self.bounds(a.segs)) | set(self.bounds(b.segs)))
-                if self.request_cuts(a.segs, both) | self.request_cuts(b.segs, both):
-                    self.freeze((a, b), f"{kind} of tensors whose channels are cut differently "
-                                        f"(node {node.name})")
-                    return a
-            reason = f"{kind} of tensors whose channels are made differently (node {node.name})"
-            self.unsupported.append(reason)
-            self.freeze((a, b), reason)
-            return a
+            return self._cut_alike(node, kind, a, b)
         return self._joined(kind, a, b)
+
+    def _cut_alike(self, node, kind: str, a: Val, b: Val) -> Val:
+        """Two operands of one channel count made of spaces cut differently (a
+        concatenation added to one conv's output): the next pass cuts both at every
+        boundary of either; this one leaves them alone."""
+        sa, sb = self.size(a), self.size(b)
+        if sa is not None and sa == sb:
+            both = sorted(set(self.bounds(a.segs)) | set(self.bounds(b.segs)))
+            if self.request_cuts(a.segs, both) | self.request_cuts(b.segs, both):
+                self.freeze((a, b), f"{kind} of tensors whose channels are cut differently "
+                                    f"(node {node.name})")
+                return a
+        reason = f"{kind} of tensors whose channels are made differently (node {node.name})"
+        self.unsupported.append(reason)
+        self.freeze((a, b), reason)
+        return a
 
     def _joined(self, kind: str, a: Val, b: Val) -> Val:
         segs = []
@@ -595,12 +603,13 @@ class _Analyzer:
 
     def channel_pieces(self, node, x: Val, ranges, op: str) -> Optional[List[Val]]:
         """The layouts of channel ranges [a, b) of ``x`` (split, chunk, narrow, a slice of
-        dim 1), each made of whole spaces: the spaces are cut at the ranges' ends (asked of
+        dim 1; a split of the last dimension of a channels-last or token layout), each made
+        of whole spaces: the spaces are cut at the ranges' ends (asked of
         the next pass where they are not yet). None where it cannot be: the caller leaves
         the channels alone. fx only: the pruned model gets its new sizes by a rewrite of
         the fx graph (plan.py), which an export graph cannot give the model back."""
         size = self.size(x)
-        if self.tracer != "fx" or x.factor != 1 or x.last or size is None or \
+        if self.tracer != "fx" or x.factor != 1 or size is None or \
                 any(not 0 <= a <= b <= size for a, b in ranges):
             return None
         if self.request_cuts(x.segs, sorted({q for r in ranges for q in r})):
@@ -610,7 +619,7 @@ class _Analyzer:
         for a, b in ranges:
             first, last = ends.index(a), ends.index(b)
             spans.append((first, last))
-            pieces.append(Val(x.segs[first:last], 1, x.rank))
+            pieces.append(Val(x.segs[first:last], 1, x.rank, last=x.last))
         self.channel_ops[node.name] = (op, tuple(x.segs), spans, self.split_index.get(node.name, -1))
         return pieces
 

@@ -387,6 +387,18 @@ def _call_module(A: _Analyzer, node, c: Call, rule):
 _ANY_FIRST_ARG = {"size", "getitem", "add", "mul", "div", "cat"}
 
 
+# rules that keep a channels-last or token layout as they keep channels at dim 1
+_LAYOUT_RULES = ("split", "nonzero")
+
+
+def _call(kind: str, target, args, kwargs, node) -> Call:
+    x = args[0] if args else None
+    if kind == "method":
+        return Call("method", target, args, kwargs, x, target, f"Tensor.{target}", node.name)
+    fname = getattr(target, "__name__", str(target))
+    return Call("function", target, args, kwargs, x, fname, fname, node.name)
+
+
 def _visit_fx(A: _Analyzer, node, gm):
     if node.name in A.weight_nodes:
         return NOT_TENSOR
@@ -430,20 +442,21 @@ def _visit_fx(A: _Analyzer, node, gm):
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,
                          (lambda: _fx_functional(A, node, rule, target, args[0], args, kwargs) or
                           A.unknown(node, f"F.{getattr(target, '__name__', target)}", (args, kwargs)))
-                         if kind == "function" and rule in ("linear", "ln") else None)
+                         if kind == "function" and rule in ("linear", "ln") else None,
+                         (lambda: apply(A, node, rule, _call(kind, target, args, kwargs, node)))
+                         if rule in _LAYOUT_RULES and args and isinstance(args[0], Val) else None)
         if out is not None:
             return out
     x = args[0] if args else None
     tensor_in = isinstance(x, Val) and x.tensor
+    c = _call(kind, target, args, kwargs, node)
     if kind == "method":
         if rule == "size":
             return NOT_TENSOR
-        c = Call("method", target, args, kwargs, x, target, f"Tensor.{target}", node.name)
         if not tensor_in or rule is None:
             return A.unknown(node, c.label, (args, kwargs))
         return apply(A, node, rule, c)
-    fname = getattr(target, "__name__", str(target))
-    c = Call("function", target, args, kwargs, x, fname, fname, node.name)
+    fname = c.name
     if rule in _ANY_FIRST_ARG:
         return apply(A, node, rule, c)
     if not tensor_in:

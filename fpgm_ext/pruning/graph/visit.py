@@ -27,10 +27,12 @@ def _map_args(a, vals):
 # A value laid out along its last dimension (Val.last) goes only through ops that act on
 # each element alone (the table's ``elementwise``), into a Linear; anything else (pooling,
 # reshapes, reductions, additions, norms) leaves its channels alone, by name.
-def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear):
+def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear, layout_rule=None):
     """The rule for an op some of whose inputs are laid out along their last dimension:
     None when no input is; the input itself through an elementwise op (its only tensor);
-    ``linear()`` for a Linear (which knows the layout); else the inputs are left alone."""
+    ``linear()`` for a Linear (which knows the layout); ``layout_rule()`` for an op on
+    its only tensor whose rule keeps the layout (a GLU's chunk of the hidden dimension,
+    a sigmoid gate); else the inputs are left alone."""
     vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, (Val, Tup))]
     if not any(isinstance(v, Val) and v.last for v in vals):
         return None
@@ -38,6 +40,8 @@ def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear):
         return linear()
     if elementwise and len(vals) == 1:
         return vals[0]
+    if layout_rule is not None and len(vals) == 1:
+        return layout_rule()
     what = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     return A.unknown(node, f"{what} on a last-dimension layout", (args, kwargs))
 
@@ -64,7 +68,7 @@ def _split(A: _Analyzer, node, c: Call):
     x = c.x
     found = channel_ranges(c, A.size(x)) if isinstance(x, Val) and x.tensor else None
     rank = x.rank if isinstance(x, Val) else None
-    if found is None or rank is None or found[0] % rank != 1:
+    if found is None or rank is None or found[0] % rank != (rank - 1 if x.last else 1):
         return A.unknown(node, c.label, (c.args, c.kwargs))
     pieces = A.channel_pieces(node, x, found[1], "narrow" if c.name == "narrow" else "split")
     if pieces is None:
