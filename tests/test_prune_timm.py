@@ -29,6 +29,7 @@ MODELS = {
     "cspresnet50": 0.9,            # cross-stage partial: channel split (a graph rewrite) and cat
     "res2net50_26w_4s": 0.9,       # torch.split into scales, cat
     "mixnet_s": 0.85,              # mixed depthwise convs on split pieces
+    "tf_mixnet_s": 0.85,           # "same" padding computed in Python (Conv2dSame, leaves)
     "dpn68": 0.85,                 # dual path: channel slices of a residual and a dense part
     "rexnet_100": 0.9,             # a residual added to a channel slice
     "dla34": 0.9,                  # aggregation by cat

@@ -59,9 +59,20 @@ def _quiet():
         logging.disable(old)
 
 
+# timm's "same"-padding layers (its tf_* models) compute their padding from the input's
+# shape in Python, which fx cannot trace; each is the layer it subclasses with padding
+# around the spatial dims that keeps a zero channel zero (zeros for the conv and the
+# average, -inf for the max): leaves, analysed as that layer (the table finds it by MRO).
+# Named, not imported: timm is not a dependency.
+_SAME_PADDING = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.pool2d_same.MaxPool2dSame",
+                 "timm.layers.pool2d_same.AvgPool2dSame"}
+
+
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
+        kind = type(m)
+        return isinstance(m, LEAF_TYPES) or f"{kind.__module__}.{kind.__qualname__}" in _SAME_PADDING or \
+            super().is_leaf_module(m, qualname)
 
 
 def _fx_graph(model: nn.Module) -> torch.fx.Graph:
