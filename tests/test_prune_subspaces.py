@@ -103,3 +103,39 @@ def test_misaligned_channels_that_cannot_be_cut_are_left_alone():
     assert pruned.a[0].out_channels == 6 and pruned.g.out_channels == 16
     assert any("g is a grouped conv whose input channels do not split along its groups" in g["left_alone"]
                for g in report.left_alone)
+
+
+class ResidualChain(nn.Module):
+    """Inception-ResNet: a stream born of a concatenation, then a chain of blocks each
+    adding one conv's output to it: every block's conv is cut at the stream's boundaries,
+    all of them asked for by one pass (not one block per pass, which ran out of passes)."""
+
+    def __init__(self, blocks=12):
+        super().__init__()
+        self.a, self.b = cbr(3, 6), cbr(3, 10)
+        self.blocks = nn.ModuleList(nn.Sequential(cbr(16, 8), nn.Conv2d(8, 16, 1)) for _ in range(blocks))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = torch.cat([self.a(x), self.b(x)], 1)
+        for block in self.blocks:
+            x = torch.relu(block(x) * 0.5 + x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("trace", ["fx", "export"])
+def test_chain_of_cut_residuals(trace, monkeypatch):
+    from fpgm_ext.pruning import graph
+
+    walks = []
+    walk = graph._walk
+    monkeypatch.setattr(graph, "_walk", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    model, x, analysis = _analysed(ResidualChain, trace)
+    assert len(walks) == 2            # the cuts found, then the pass with them
+    for k in range(12):
+        assert [analysis.spaces[s].size for s in analysis.uses[f"blocks.{k}.1"].out_spaces] == [6, 10]
+    pruned, report = fpgm_ext.prune(model, x, rate_dist=0.3, trace=trace)
+    assert pruned.a[0].out_channels < 6 and pruned.b[0].out_channels < 10
+    assert all(b[1].out_channels == pruned.a[0].out_channels + pruned.b[0].out_channels for b in pruned.blocks)
+    assert_exact(model, pruned, report.plan, x)
+    assert_exact_by_value(model, pruned, x)

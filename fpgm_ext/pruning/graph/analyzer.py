@@ -553,7 +553,9 @@ class _Analyzer:
             if self.request_cuts(a.segs, both) | self.request_cuts(b.segs, both):
                 self.freeze((a, b), f"{kind} of tensors whose channels are cut differently "
                                     f"(node {node.name})")
-                return a
+                # the finer-cut operand goes on, so that the rest of the walk asks for its
+                # own cuts in this pass too (a chain of such blocks: one pass, not one each)
+                return max((a, b), key=lambda v: len(v.segs))
         reason = f"{kind} of tensors whose channels are made differently (node {node.name})"
         self.unsupported.append(reason)
         self.freeze((a, b), reason)
