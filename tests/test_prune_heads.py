@@ -19,9 +19,13 @@ class Attention(nn.Module):
     q and kv Linears, unbind or indexing, LayerNorm on q and k, flatten or reshape back
     (a constant width or one read from the input's shape)."""
 
-    def __init__(self, dim=48, heads=6, qk_norm=True, split_kv=False, merge="reshape"):
+    def __init__(self, dim=48, heads=6, qk_norm=True, split_kv=False, merge="reshape", attend="sdpa"):
         super().__init__()
         self.heads, self.head_dim, self.split_kv, self.merge = heads, dim // heads, split_kv, merge
+        self.attend = attend   # or spelled out: "manual", "masked" (a mask shared by the heads)
+        self.softmax = nn.Softmax(dim=-1)
+        self.drop = nn.Dropout(0.1)
+        self.register_buffer("mask", torch.randn(7, 7))
         if split_kv:
             self.q = nn.Linear(dim, dim)
             self.kv = nn.Linear(dim, 2 * dim)
@@ -41,7 +45,15 @@ class Attention(nn.Module):
             qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.attend == "sdpa":
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:   # timm's non-fused path, DeiT's and most hand-written attention
+            attn = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+            if self.attend == "masked":
+                attn = self.softmax(attn + self.mask)
+            else:
+                attn = attn.softmax(dim=-1)
+            x = torch.matmul(self.drop(attn), v)
         x = x.transpose(1, 2)
         if self.merge == "flatten":
             x = x.flatten(2)
@@ -75,7 +87,8 @@ def _prune(model, x, rate=0.4):
 
 
 @pytest.mark.parametrize("kw", [{}, {"qk_norm": False}, {"split_kv": True}, {"merge": "flatten"},
-                                {"merge": "shape"}], ids=["qkv", "no_qk_norm", "q_kv", "flatten", "shape"])
+                                {"merge": "shape"}, {"attend": "manual"}, {"attend": "masked", "split_kv": True}],
+                         ids=["qkv", "no_qk_norm", "q_kv", "flatten", "shape", "manual", "manual_masked"])
 def test_heads_pruned_exactly(kw):
     torch.manual_seed(0)
     model = Tokens(**kw).eval()
@@ -110,10 +123,14 @@ def test_heads_plan_replays_on_a_fresh_instance(tmp_path):
         torch.testing.assert_close(fresh(x), pruned(x))
 
 
-def test_timm_vit_heads():
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "spelled_out"])
+def test_timm_vit_heads(fused):
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, depth=2).eval()
+    for m in model.modules():   # timm's non-fused path: q @ k^T, its mask helpers, attn @ v
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
     for p in model.parameters():   # timm zero-initialises the classifier: draw it
         if p.dim() == 2 and float(p.detach().abs().max()) == 0:
             nn.init.normal_(p.detach())
@@ -136,6 +153,16 @@ class PerHeadMask(Tokens):
         q, k, v = a.qkv(x).reshape(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias).transpose(1, 2).reshape(B, N, C)
         return self.head((x + a.proj(y)).mean(1))
+
+
+class ManualPerHeadBias(PerHeadMask):
+    def forward(self, x):
+        a = self.attn
+        x = self.embed(x)
+        B, N, C = x.shape
+        q, k, v = a.qkv(x).reshape(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1) + self.bias).softmax(-1)
+        return self.head((x + a.proj((attn @ v).transpose(1, 2).reshape(B, N, C))).mean(1))
 
 
 class RuntimeHeads(Tokens):
@@ -162,6 +189,7 @@ class HeadsMixed(Tokens):
 
 @pytest.mark.parametrize("cls,reason", [
     (PerHeadMask, "an attention mask per head"),
+    (ManualPerHeadBias, "add on attention heads"),
     (RuntimeHeads, "a head count computed at run time"),
     (HeadsMixed, "on attention heads"),
 ])

@@ -93,12 +93,22 @@ def visit(A: _Analyzer, node, args, kwargs, module: Optional[nn.Module] = None):
         if x is not None and x.heads is not None and len(vals) == 1:
             if isinstance(module, (nn.Identity, nn.Dropout)):
                 return x
+            if isinstance(module, nn.Softmax) and x.heads.scores and isinstance(module.dim, int) \
+                    and x.heads.roles[module.dim % len(x.heads.roles)] != "h":
+                return x
             if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (x.heads.dim,) \
                     and x.heads.roles[-1] == "d":   # per head: its statistics are its own
                 return replace(x, segs=tuple(Seg(s.space, False, f"{node.name} (LayerNorm)") for s in x.segs))
         return A.unknown(node, f"{type(module).__name__} on attention heads", (args, kwargs))
     if name == "scaled_dot_product_attention":
         return _attention(A, node, args, kwargs)
+    if name == "matmul" and len(args) == 2 and not kwargs:
+        return _matmul(A, node, *args)
+    scores = next((v for v in vals if v.heads is not None and v.heads.scores), None)
+    if scores is not None:
+        out = _on_scores(A, node, name, scores, args, kwargs, vals)
+        if out is not None:
+            return out
     if x is None or x.heads is None or len(vals) != 1:
         return A.unknown(node, f"{name} on attention heads", (args, kwargs))
     roles = x.heads.roles
@@ -191,6 +201,65 @@ def _attention(A: _Analyzer, node, args, kwargs) -> Val:
             A.ties.append((t.segs[0].space, h))
         return v
     return A.unknown(node, "scaled_dot_product_attention", (args, kwargs))
+
+
+def _matmul(A: _Analyzer, node, a, b) -> Val:
+    """Attention spelled out: ``q @ k.transpose(-2, -1)`` (an attention map per head,
+    ``Heads.scores``; q and k lose the same heads) and ``attn @ v`` (as
+    ``scaled_dot_product_attention``: head h of the output is zero when head h of v is,
+    whatever the map; q, k and v joined in units of heads)."""
+    ok = all(isinstance(t, Val) and t.tensor and t.heads is not None and t.heads.groups == 1
+             and len(t.segs) == 1 for t in (a, b)) and a.heads.heads == b.heads.heads
+    if ok and not a.heads.scores and not b.heads.scores and a.heads.dim == b.heads.dim \
+            and a.heads.roles[-3:] == ("h", "", "d") and b.heads.roles[-3:] == ("h", "d", ""):
+        A.union(a.segs[0].space, b.segs[0].space)
+        return replace(a, heads=replace(a.heads, roles=a.heads.roles[:-1] + ("",), scores=True))
+    if ok and a.heads.scores and not b.heads.scores and b.heads.roles[-3:] == ("h", "", "d"):
+        h = b.heads.heads
+        for t in (a, b):
+            A.union(t.segs[0].space, b.segs[0].space)
+            A.ties.append((t.segs[0].space, h))
+        return b
+    return A.unknown(node, "matmul on attention heads", (a, b))
+
+
+def _on_scores(A: _Analyzer, node, name: str, x: Val, args, kwargs, vals) -> Optional[Val]:
+    """An op on an attention map that keeps each head's map its own: a softmax not over
+    the heads; a sum or product with a tensor broadcast over the heads (a mask, a bias
+    shared by the heads). A pruned head's map may be anything: ``attn @ v`` reads its v,
+    which is zero. None for the other rules (a per-head bias is left alone)."""
+    roles = x.heads.roles
+    if _timm(node, "resolve_self_attn_mask"):
+        return NOT_TENSOR     # a mask made from the map's shape and dtype (checked where added)
+    if _timm(node, "maybe_add_mask"):
+        name = "add"          # the map, plus the mask if there is one
+    if name == "softmax" and len(vals) == 1:
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if isinstance(dim, int) and roles[dim % len(roles)] != "h":
+            return x
+        return None
+    if name in ("add", "sub", "mul", "masked_fill", "add_", "mul_", "masked_fill_") and len(args) >= 2:
+        others = [a for a in args[:2] if a is not x]
+        other_node = next((n for n, a in zip(node.args[:2], args[:2]) if a is not x), None)
+        shape = A.shapes.get(other_node.name) if isinstance(other_node, torch.fx.Node) else ()
+        if len(others) == 1 and not (isinstance(others[0], Val) and others[0].tensor) and \
+                not isinstance(shape, tuple):
+            shape = ()        # not a tensor when it ran (timm's mask, None without one)
+        at = len(shape) - (len(roles) - roles.index("h")) if isinstance(shape, tuple) else -1
+        if len(others) != 1 or (isinstance(others[0], Val) and others[0].heads is not None) or \
+                not isinstance(shape, tuple) or (0 <= at and shape[at] != 1):
+            return None
+        if isinstance(others[0], Val) and others[0].segs:
+            A.freeze(others[0], f"it is added to an attention map (node {node.name})")
+        return x
+    return None
+
+
+def _timm(node, name: str) -> bool:
+    """Whether ``node`` calls timm's function ``name`` (timm marks some of its attention
+    helpers as fx leaves; timm is not imported for it)."""
+    return node.op == "call_function" and getattr(node.target, "__name__", None) == name and \
+        getattr(node.target, "__module__", "").startswith("timm.")
 
 
 def _merge_heads(A: _Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:

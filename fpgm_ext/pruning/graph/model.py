@@ -46,6 +46,7 @@ class Heads:
     heads: int
     dim: int
     node: str
+    scores: bool = False   # an attention map q @ k^T (its segs: q's), not a value per channel
 
 
 @dataclass(frozen=True)
