@@ -48,7 +48,8 @@ MODELS = [
     "semnasnet_100", "hardcorenas_a", "tinynet_a", "lcnet_050", "ghostnet_100", "mixnet_s",
     "rexnet_100", "regnetx_002", "regnety_004", "cspdarknet53", "cspresnext50", "densenet121",
     "dpn68", "dla34", "vovnet39a", "repvgg_a0", "hrnet_w18_small", "inception_v3", "xception41",
-    "selecsls42b", "convnext_atto", "edgenext_xx_small", "poolformer_s12", "nf_resnet26",
+    "selecsls42b", "tf_mixnet_s", "inception_resnet_v2", "lambda_resnet26t", "mambaout_femto",
+    "convnext_atto", "edgenext_xx_small", "poolformer_s12", "nf_resnet26",
     "resnet50_gn", "resnetv2_50x1_bit",
     "vit_tiny_patch16_224", "mixer_b16_224", "swin_tiny_patch4_window7_224",
 ]
