@@ -213,6 +213,8 @@ def _matmul(A: _Analyzer, node, a, b) -> Val:
     if ok and not a.heads.scores and not b.heads.scores and a.heads.dim == b.heads.dim \
             and a.heads.roles[-3:] == ("h", "", "d") and b.heads.roles[-3:] == ("h", "d", ""):
         A.union(a.segs[0].space, b.segs[0].space)
+        for t in (a, b):   # whole heads, whatever becomes of the map
+            A.ties.append((t.segs[0].space, a.heads.heads))
         return replace(a, heads=replace(a.heads, roles=a.heads.roles[:-1] + ("",), scores=True))
     if ok and a.heads.scores and not b.heads.scores and b.heads.roles[-3:] == ("h", "", "d"):
         h = b.heads.heads
