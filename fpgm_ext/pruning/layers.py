@@ -45,3 +45,12 @@ class PadShortcut(nn.Module):
 
 
 LEAF_TYPES = (PadShortcut,)
+
+# BatchNorm with its affine and statistics in buffers (torchvision's detection backbones
+# and timm's freeze_batch_norm_2d use it): pruned as a BatchNorm. Named, not imported.
+FROZEN_BN = frozenset({"torchvision.ops.misc.FrozenBatchNorm2d"})
+
+
+def is_frozen_bn(m) -> bool:
+    kind = type(m)
+    return f"{kind.__module__}.{kind.__qualname__}" in FROZEN_BN

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..ops import gather_channels as _gather_channels
-from .layers import PadShortcut
+from .layers import PadShortcut, is_frozen_bn
 
 PLAN_FORMAT = "fpgm_ext.plan"
 PLAN_VERSION = 1
@@ -198,7 +198,7 @@ def _replaced_tensors(module: nn.Module) -> tuple:
     """The attributes of a planned module that the surgery replaces by gathered tensors."""
     if isinstance(module, (_CONV, nn.Linear)):
         return ("weight", "bias")
-    if isinstance(module, (_BN, nn.PReLU)):
+    if isinstance(module, (_BN, nn.PReLU)) or is_frozen_bn(module):
         return ("weight", "bias", "running_mean", "running_var")
     if isinstance(module, nn.GroupNorm):
         return ("weight", "bias")
@@ -375,8 +375,9 @@ def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
                 else:
                     m.out_features, m.in_features = len(out), len(inn)
             finish.append(done)
-        elif isinstance(m, (_BN, nn.PReLU)):
-            size = m.num_features if isinstance(m, _BN) else m.num_parameters
+        elif isinstance(m, (_BN, nn.PReLU)) or is_frozen_bn(m):
+            size = m.num_features if isinstance(m, _BN) else m.num_parameters if isinstance(m, nn.PReLU) \
+                else m.weight.numel()
             _check_size(name, e, "size", size)
             own = {a: getattr(m, a, None) for a in ("weight", "bias", "running_mean", "running_var")}
             own = {a: t for a, t in own.items() if isinstance(t, torch.Tensor)}
@@ -394,7 +395,7 @@ def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
                         setattr(m, attr, res[k])
                 if isinstance(m, nn.PReLU):
                     m.num_parameters = n
-                else:
+                elif isinstance(m, _BN):
                     m.num_features = n
             finish.append(done)
         elif isinstance(m, nn.GroupNorm) and m.num_groups == 1:   # approximate: any channels

@@ -240,6 +240,8 @@ def _build_plan(analysis, frozen, kept, meta, approx=None) -> Plan:
                 entry["type"] = "Parameter" if isinstance(m, nn.Parameter) else "Tensor"
                 entry["dim"] = analysis.param_dims[name]
                 size = m.shape[entry["dim"]]
+            elif use.kind == "bn" and not hasattr(m, "num_features"):   # a frozen BatchNorm
+                size = m.weight.numel()
             else:
                 size = getattr(m, {"bn": "num_features", "gn": "num_channels"}.get(use.kind, "num_parameters"))
             entry["size"] = size

@@ -82,7 +82,7 @@ from .heads import reshape_like
 from .sizes import check as check_size_reads
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of, split_like
-from .tracing import TraceFailure, trace
+from .tracing import TraceFailure, no_trace_constants, trace
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
 
 __all__ = ["Analysis", "Group", "Space", "Use", "Val", "Seg", "Tup", "NOT_TENSOR", "TraceFailure",
@@ -93,6 +93,11 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
     """Traces ``model`` and returns its channel groups (see the module docstring).
     ``flops``: a ``flops.FlopRecorder`` that counts the FLOPs of the run that finds the
     shapes (fx only), so that ``prune`` need not run the model again to measure it."""
+    with no_trace_constants(model):
+        return _analyse(model, example_inputs, method, flops)
+
+
+def _analyse(model, example_inputs, method, flops) -> Analysis:
     graph, shapes, tracer, names, owner = trace(model, example_inputs, method, flops)
     # A pass may find that a producer's channels must be cut into sub-spaces (a residual
     # addition of a concatenation, a depthwise conv on one): the next pass starts with

@@ -379,7 +379,8 @@ class _Analyzer:
         return x
 
     def batch_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
-        return self.channelwise(node, name, m, x, "bn", m.num_features, m.affine,
+        count = m.num_features if hasattr(m, "num_features") else m.weight.numel()   # (frozen)
+        return self.channelwise(node, name, m, x, "bn", count, getattr(m, "affine", True),
                                 f"{name} (BatchNorm without affine)")
 
     def prelu(self, node, name: str, m: nn.PReLU, x: Val) -> Val:

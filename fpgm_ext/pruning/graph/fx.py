@@ -16,6 +16,8 @@ from torch.nn import functional as F
 from .analyzer import _Analyzer
 from .model import APPROXIMATE, NOT_TENSOR, Tup, Val
 from .rules import BN, CONV, Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
+from .tracing import TRACE_CONSTANT
+from ..layers import is_frozen_bn
 from . import heads as _heads
 from . import radix as _radix
 from .visit import _last_axis, _map_args, apply
@@ -373,7 +375,7 @@ def _call_module(A: _Analyzer, node, c: Call, rule):
         return A.unknown(node, type(m).__name__, (args, kwargs))
     if len([a for a in list(args) + list(kwargs.values()) if isinstance(a, (Val, Tup))]) > 1:
         return A.unknown(node, f"{type(m).__name__} with several tensor inputs", (args, kwargs))
-    if rule == "bn" and m.num_features is None:
+    if rule == "bn" and getattr(m, "num_features", 0) is None:
         return A.unknown(node, type(m).__name__, x)
     if rule in LAYERS:
         return getattr(A, _MODULE_LAYERS[rule])(node, c.who, m, x)
@@ -408,6 +410,9 @@ def _visit_fx(A: _Analyzer, node, gm):
     if op == "placeholder":
         return A.opaque(node, "the model's input channels")
     if op == "get_attr":
+        if target.startswith(TRACE_CONSTANT):   # computed from module attributes at trace
+            return A.opaque(node, f"a tensor the model computes from its attributes (node {node.name}: "
+                                  f"a constant in the traced graph, e.g. a frozen BatchNorm's scale)")
         obj = gm
         for part in target.split("."):
             obj = getattr(obj, part)
@@ -429,7 +434,7 @@ def _visit_fx(A: _Analyzer, node, gm):
     if op == "call_module":
         m = gm.get_submodule(target)
         entry = entry_of("module", m)
-        rule = entry.rule if entry is not None else None
+        rule = entry.rule if entry is not None else "bn" if is_frozen_bn(m) else None
         x = args[0] if args else next(iter(kwargs.values()), None)
         c = Call("module", m, args, kwargs, x, type(m).__name__, type(m).__name__, target)
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,

@@ -12,7 +12,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from ..layers import LEAF_TYPES
+from ..layers import LEAF_TYPES, is_frozen_bn
 from .rules import CONV
 
 
@@ -72,7 +72,25 @@ class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         kind = type(m)
         return isinstance(m, LEAF_TYPES) or f"{kind.__module__}.{kind.__qualname__}" in _SAME_PADDING or \
+            is_frozen_bn(m) or \
             super().is_leaf_module(m, qualname)
+
+
+TRACE_CONSTANT = "_tensor_constant"   # torch.fx's name for a tensor made while tracing
+
+
+@contextlib.contextmanager
+def no_trace_constants(model: nn.Module):
+    """torch.fx stores each tensor a forward computes from module attributes while traced
+    (torchvision's FrozenBatchNorm2d: its scale from its buffers) on the root module as
+    ``_tensor_constantN``; they are needed while the graph is used, then taken off again
+    so that the caller's model is left as it was."""
+    before = set(vars(model))
+    try:
+        yield
+    finally:
+        for name in [n for n in vars(model) if n not in before and n.startswith(TRACE_CONSTANT)]:
+            delattr(model, name)
 
 
 def _fx_graph(model: nn.Module) -> torch.fx.Graph:
@@ -82,7 +100,8 @@ def _fx_graph(model: nn.Module) -> torch.fx.Graph:
 
 
 def _fx_trace(model: nn.Module) -> torch.fx.GraphModule:
-    return torch.fx.GraphModule(model, _fx_graph(model), type(model).__name__)
+    with no_trace_constants(model):   # (the GraphModule holds its own reference to each)
+        return torch.fx.GraphModule(model, _fx_graph(model), type(model).__name__)
 
 
 class _ModeGuard:
