@@ -304,70 +304,62 @@ def _tensors(out) -> List[torch.Tensor]:
     return []
 
 
-def _measure_approximation(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
-    """For each group pruned approximately (``approximate=True``): the model with that
-    group alone pruned against the original with the group's channels zeroed (what an
-    exact pruning computes), on ``example_inputs``: the largest difference over the
-    largest output, into the plan's group entry as ``output_difference``. Returns the
-    groups whose pruning the model's own code does not take (a size it holds), with why."""
+def _against_masked(model, analysis, kept, meta, example_inputs, ops) -> Tuple[Optional[float], str]:
+    """The model with the groups ``kept`` names pruned (and only those) against the
+    original with their channels zeroed (what an exact pruning computes), on
+    ``example_inputs``: (the largest difference over the largest output, "") where the
+    outputs keep their shapes, else (None, why)."""
     from .graph.tracing import _ModeGuard
     from .plan import zero_pruned
 
+    alone = _build_plan(analysis, {h.id: [] for h in analysis.groups}, kept, meta)
+    try:
+        pruned = _apply(model, alone, False, ops)
+        masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
+        with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
+            got, want = _tensors(pruned(*example_inputs)), _tensors(masked(*example_inputs))
+    except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
+        return None, f"the model fails on the example inputs ({type(exc).__name__}: {first})"
+    if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
+        return None, "the model's outputs change shape"
+    scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
+    diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want) if a.numel()),
+               default=0.0)
+    return (diff / scale if scale > 0 else diff), ""
+
+
+def _measure_approximation(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
+    """For each group pruned approximately (``approximate=True``): ``_against_masked`` of
+    that group alone, into the plan's group entry as ``output_difference``. Returns the
+    groups whose pruning the model's own code does not take (a size it holds), with why."""
     failed: Dict[int, str] = {}
     for g in plan.groups:
-        if not g.get("approximate") or g["kept"] is None:
-            continue
-        alone = _build_plan(analysis, {h.id: [] for h in analysis.groups},
-                            {g["id"]: torch.tensor(g["kept"])}, plan.meta)
-        masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
-        try:
-            pruned = _apply(model, alone, False, ops)
-            with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
-                got = _tensors(pruned(*example_inputs))
-                want = _tensors(masked(*example_inputs))
-        except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
-            first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
-            failed[g["id"]] = (f"pruned approximately, the model fails on the example inputs "
-                               f"({type(exc).__name__}: {first}): its code holds a size of these channels")
-            continue
-        scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
-        diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want)
-                    if a.shape == b.shape and a.numel()), default=0.0)
-        g["output_difference"] = diff / scale if scale > 0 else diff
+        if g.get("approximate") and g["kept"] is not None:
+            diff, why = _against_masked(model, analysis, {g["id"]: torch.tensor(g["kept"])}, plan.meta,
+                                        example_inputs, ops)
+            if diff is None:
+                failed[g["id"]] = f"pruned approximately, {why}: its code holds a size of these channels"
+            else:
+                g["output_difference"] = diff
     return failed
 
 
 def _check_eager(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
     """torch.export's graph holds every size as a constant, and the plan is carried out on
     the model's own (eager) code, which may read a size at run time where the graph shows
-    a constant (graph/sizes.py): the exactly pruned groups, applied to the model, are
-    compared with the model with their channels zeroed on ``example_inputs``; where they
-    differ (or the model fails), each group alone, and the groups whose pruning the code
-    does not take are returned, with why. One pruned copy and two forwards when it holds."""
-    from .graph.tracing import _ModeGuard
-    from .plan import zero_pruned
-
+    a constant (graph/sizes.py): ``_against_masked`` of the exactly pruned groups; where
+    they differ (or the model fails), of each group alone, and the groups whose pruning
+    the code does not take are returned, with why. One pruned copy and two forwards when
+    it holds."""
     exact = {g["id"]: torch.tensor(g["kept"]) for g in plan.groups
              if g["kept"] is not None and not g.get("approximate")}
-    no_reasons = {h.id: [] for h in analysis.groups}
 
     def fails(kept) -> Optional[str]:
-        alone = _build_plan(analysis, no_reasons, kept, plan.meta)
-        try:
-            pruned = _apply(model, alone, False, ops)
-            masked = zero_pruned(copy.deepcopy(model), alone)
-            with torch.no_grad(), _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
-                got, want = _tensors(pruned(*example_inputs)), _tensors(masked(*example_inputs))
-        except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
-            first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
-            return f"the pruned model fails on the example inputs ({type(exc).__name__}: {first})"
-        scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
-        if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
-            return "the pruned model's outputs change shape"
-        diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want) if a.numel()),
-                   default=0.0)
-        return None if diff <= EAGER_RTOL * max(scale, 1e-30) else \
-            f"the pruned model differs from the masked original by {diff / max(scale, 1e-30):.1e}"
+        diff, why = _against_masked(model, analysis, kept, plan.meta, example_inputs, ops)
+        if diff is None:
+            return why
+        return None if diff <= EAGER_RTOL else f"pruned, it differs from the masked original by {diff:.1e}"
 
     if not exact or fails(exact) is None:
         return {}
