@@ -79,6 +79,16 @@ class Tokens(nn.Module):
         x = x + self.attn(x)
         return self.head(x.mean(1))
 
+    def embed_qkv(self, x, heads=None):
+        """The embedded tokens, and their q, k and v in heads as timm spells them (``heads``:
+        the head count from the width, else the attention's own)."""
+        a = self.attn
+        x = self.embed(x)
+        B, N, C = x.shape
+        h = a.heads if heads is None else heads(C)
+        q, k, v = a.qkv(x).reshape(B, N, 3, h, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return x, q, k, v
+
 
 def _prune(model, x, rate=0.4):
     torch.manual_seed(0)
@@ -147,44 +157,35 @@ class PerHeadMask(Tokens):
         self.register_buffer("bias", torch.randn(1, 6, 7, 7))   # a relative position bias
 
     def forward(self, x):
-        a = self.attn
-        x = self.embed(x)
+        x, q, k, v = self.embed_qkv(x)
         B, N, C = x.shape
-        q, k, v = a.qkv(x).reshape(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias).transpose(1, 2).reshape(B, N, C)
-        return self.head((x + a.proj(y)).mean(1))
+        return self.head((x + self.attn.proj(y)).mean(1))
 
 
 class ManualPerHeadBias(PerHeadMask):
     def forward(self, x):
-        a = self.attn
-        x = self.embed(x)
+        x, q, k, v = self.embed_qkv(x)
         B, N, C = x.shape
-        q, k, v = a.qkv(x).reshape(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = (q @ k.transpose(-2, -1) + self.bias).softmax(-1)
-        return self.head((x + a.proj((attn @ v).transpose(1, 2).reshape(B, N, C))).mean(1))
+        return self.head((x + self.attn.proj((attn @ v).transpose(1, 2).reshape(B, N, C))).mean(1))
 
 
 class RuntimeHeads(Tokens):
     def forward(self, x):
-        a = self.attn
-        x = self.embed(x)
+        # the head count read from the input: no constant to rewrite
+        x, q, k, v = self.embed_qkv(x, heads=lambda width: width // self.attn.head_dim)
         B, N, C = x.shape
-        h = C // a.head_dim   # the head count read from the input: no constant to rewrite
-        q, k, v = a.qkv(x).reshape(B, N, 3, h, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
-        return self.head((x + a.proj(y)).mean(1))
+        return self.head((x + self.attn.proj(y)).mean(1))
 
 
 class HeadsMixed(Tokens):
     def forward(self, x):
-        a = self.attn
-        x = self.embed(x)
-        B, N, C = x.shape
-        q, k, v = a.qkv(x).reshape(B, N, 3, a.heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x, q, k, v = self.embed_qkv(x)
         y = F.scaled_dot_product_attention(q, k, v)
         y = y.sum(1)   # the heads summed: not separable
-        return self.head((x + a.proj(y.repeat(1, 1, a.heads))).mean(1))
+        return self.head((x + self.attn.proj(y.repeat(1, 1, self.attn.heads))).mean(1))
 
 
 @pytest.mark.parametrize("cls,reason", [
