@@ -46,11 +46,22 @@ class PadShortcut(nn.Module):
 
 LEAF_TYPES = (PadShortcut,)
 
+def type_name(obj) -> str:
+    """A class's module-qualified name (of ``obj``'s class unless ``obj`` is a class):
+    how layers of packages this one does not import are named (timm, torchvision)."""
+    kind = obj if isinstance(obj, type) else type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 # BatchNorm with its affine and statistics in buffers (torchvision's detection backbones
-# and timm's freeze_batch_norm_2d use it): pruned as a BatchNorm. Named, not imported.
+# and timm's freeze_batch_norm_2d use it): pruned as a BatchNorm.
 FROZEN_BN = frozenset({"torchvision.ops.misc.FrozenBatchNorm2d"})
 
 
 def is_frozen_bn(m) -> bool:
-    kind = type(m)
-    return f"{kind.__module__}.{kind.__qualname__}" in FROZEN_BN
+    return type_name(m) in FROZEN_BN
+
+
+def bn_channels(m) -> int:
+    """A BatchNorm's channel count, frozen ones (no ``num_features``) included."""
+    return m.num_features if hasattr(m, "num_features") else m.weight.numel()

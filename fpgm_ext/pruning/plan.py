@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..ops import gather_channels as _gather_channels
-from .layers import PadShortcut, is_frozen_bn
+from .layers import PadShortcut, bn_channels, is_frozen_bn
 
 PLAN_FORMAT = "fpgm_ext.plan"
 PLAN_VERSION = 1
@@ -376,8 +376,7 @@ def _apply(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module:
                     m.out_features, m.in_features = len(out), len(inn)
             finish.append(done)
         elif isinstance(m, (_BN, nn.PReLU)) or is_frozen_bn(m):
-            size = m.num_features if isinstance(m, _BN) else m.num_parameters if isinstance(m, nn.PReLU) \
-                else m.weight.numel()
+            size = m.num_parameters if isinstance(m, nn.PReLU) else bn_channels(m)
             _check_size(name, e, "size", size)
             own = {a: getattr(m, a, None) for a in ("weight", "bias", "running_mean", "running_var")}
             own = {a: t for a, t in own.items() if isinstance(t, torch.Tensor)}

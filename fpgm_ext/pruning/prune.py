@@ -18,7 +18,7 @@ from .graph.model import APPROXIMATE
 from .graph.sizes import EAGER_REASONS
 from . import flops as _flops
 from . import target as _target
-from .layers import PadShortcut
+from .layers import PadShortcut, bn_channels
 from .plan import Plan, _apply, apply_plan, architecture
 from .report import LayerStat, PruneReport
 
@@ -240,10 +240,10 @@ def _build_plan(analysis, frozen, kept, meta, approx=None) -> Plan:
                 entry["type"] = "Parameter" if isinstance(m, nn.Parameter) else "Tensor"
                 entry["dim"] = analysis.param_dims[name]
                 size = m.shape[entry["dim"]]
-            elif use.kind == "bn" and not hasattr(m, "num_features"):   # a frozen BatchNorm
-                size = m.weight.numel()
+            elif use.kind == "bn":
+                size = bn_channels(m)
             else:
-                size = getattr(m, {"bn": "num_features", "gn": "num_channels"}.get(use.kind, "num_parameters"))
+                size = getattr(m, {"gn": "num_channels"}.get(use.kind, "num_parameters"))
             entry["size"] = size
             idx = expand(use.in_segs, use.factor)
             if idx is None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
-from ..layers import PadShortcut
+from ..layers import PadShortcut, bn_channels
 from .model import APPROXIMATE, NOT_TENSOR, Seg, Space, Tup, Use, Val
 from .sizes import CONSTANT_COUNT, READ_FROM_OTHER, SizeReads
 
@@ -379,8 +379,7 @@ class _Analyzer:
         return x
 
     def batch_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
-        count = m.num_features if hasattr(m, "num_features") else m.weight.numel()   # (frozen)
-        return self.channelwise(node, name, m, x, "bn", count, getattr(m, "affine", True),
+        return self.channelwise(node, name, m, x, "bn", bn_channels(m), getattr(m, "affine", True),
                                 f"{name} (BatchNorm without affine)")
 
     def prelu(self, node, name: str, m: nn.PReLU, x: Val) -> Val:

@@ -434,7 +434,7 @@ def _visit_fx(A: _Analyzer, node, gm):
     if op == "call_module":
         m = gm.get_submodule(target)
         entry = entry_of("module", m)
-        rule = entry.rule if entry is not None else "bn" if is_frozen_bn(m) else None
+        rule = entry.rule if entry is not None else "bn" if is_frozen_bn(m) else None   # (named)
         x = args[0] if args else next(iter(kwargs.values()), None)
         c = Call("module", m, args, kwargs, x, type(m).__name__, type(m).__name__, target)
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,

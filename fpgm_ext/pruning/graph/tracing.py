@@ -12,7 +12,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from ..layers import LEAF_TYPES, is_frozen_bn
+from ..layers import FROZEN_BN, LEAF_TYPES, type_name
 from .rules import CONV
 
 
@@ -63,17 +63,14 @@ def _quiet():
 # shape in Python, which fx cannot trace; each is the layer it subclasses with padding
 # around the spatial dims that keeps a zero channel zero (zeros for the conv and the
 # average, -inf for the max): leaves, analysed as that layer (the table finds it by MRO).
-# Named, not imported: timm is not a dependency.
-_SAME_PADDING = {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.pool2d_same.MaxPool2dSame",
-                 "timm.layers.pool2d_same.AvgPool2dSame"}
+# Frozen BatchNorms: leaves, pruned as BatchNorms. Named, not imported.
+_NAMED_LEAVES = FROZEN_BN | {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.pool2d_same.MaxPool2dSame",
+                             "timm.layers.pool2d_same.AvgPool2dSame"}
 
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        kind = type(m)
-        return isinstance(m, LEAF_TYPES) or f"{kind.__module__}.{kind.__qualname__}" in _SAME_PADDING or \
-            is_frozen_bn(m) or \
-            super().is_leaf_module(m, qualname)
+        return isinstance(m, LEAF_TYPES) or type_name(m) in _NAMED_LEAVES or super().is_leaf_module(m, qualname)
 
 
 TRACE_CONSTANT = "_tensor_constant"   # torch.fx's name for a tensor made while tracing
