@@ -25,8 +25,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import _ModeGuard, entry_of
+from .layers import handler_for
 
-_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # FLOPs proportional to weight.numel()
+# torch's own conv and linear modules: FlopCounterMode counts 2 x rows x weight.numel()
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # graph rules (graph/rules.py) of ops FlopCounterMode counts no FLOPs for
 _NO_FLOPS = frozenset({"pass", "nonzero", "hardtanh", "clamp", "pad", "constant_pad", "add", "mul", "div",
                        "cat", "flatten", "view", "reduce", "slice", "getitem", "size", "scalar", "split",
@@ -191,13 +193,6 @@ def derive_weight_sizes(model: nn.Module, plan) -> Dict[str, int]:
     sizes = {}
     for name, e in plan.modules.items():
         m = modules.get(name)
-        if not isinstance(m, _COUNTED):
-            continue
-        conv = not isinstance(m, nn.Linear)
-        o, i = (m.out_channels, m.in_channels) if conv else (m.out_features, m.in_features)
-        g = m.groups if conv else 1
-        o2 = len(e["out"]) if "out" in e else o
-        i2 = len(e["in"]) if "in" in e else i
-        g2 = e.get("groups", g) if "in" in e else g
-        sizes[name] = m.weight.numel() // (o * (i // g)) * o2 * (i2 // g2)
+        if isinstance(m, _COUNTED):
+            sizes[name] = handler_for(m).weight_size_after(m, e)
     return sizes

@@ -18,8 +18,8 @@ from .graph.model import APPROXIMATE
 from .graph.sizes import EAGER_REASONS
 from . import flops as _flops
 from . import target as _target
-from .layers import PadShortcut, bn_channels
-from .plan import Plan, _apply, apply_plan, architecture
+from .layers import handler_for
+from .plan import Plan, apply_fitting as _apply, apply_plan, architecture, build_plan as _build_plan, zero_pruned
 from .report import LayerStat, PruneReport
 
 
@@ -178,122 +178,6 @@ def _select(analysis, frozen: Dict[int, List[str]], rate_dist, rate_norm, metric
     return kept
 
 
-def _build_plan(analysis, frozen, kept, meta, approx=None) -> Plan:
-    approx = approx or {}
-    spaces = analysis.spaces
-    channels: Dict[int, List[int]] = {}     # space -> kept channel indices (pruned spaces only)
-    for g in analysis.groups:
-        if g.id in kept:
-            for s in g.spaces:
-                b = spaces[s].size // g.units
-                channels[s] = (kept[g.id][:, None] * b + torch.arange(b)).reshape(-1).tolist()
-
-    def expand(segs, factor):
-        if not any(seg.space in channels for seg in segs):
-            return None
-        idx, offset = [], 0
-        for seg in segs:
-            size = spaces[seg.space].size
-            keep = channels.get(seg.space)
-            if keep is None:
-                idx.extend(range(offset, offset + size * factor))
-            elif factor == 1:
-                idx.extend([offset + c for c in keep])
-            else:
-                for c in keep:
-                    base = offset + c * factor
-                    idx.extend(range(base, base + factor))
-            offset += size * factor
-        return idx
-
-    modules: Dict[str, Dict[str, Any]] = {}
-    for name, use in analysis.uses.items():
-        m = use.module
-        entry: Dict[str, Any] = {"type": type(m).__name__}
-        if use.kind in ("conv", "linear", "shortcut"):
-            if use.kind == "conv":
-                o, i = m.out_channels, m.in_channels
-            elif use.kind == "linear":
-                o, i = m.out_features, m.in_features
-            else:
-                o, i = m.out_channels, m.in_channels
-            entry.update(out_size=o, in_size=i)
-            out = None   # the kept filters over all of its output's spaces, if any is pruned
-            if any(sp in channels for sp in use.out_spaces):
-                out = [spaces[sp].offset + c for sp in use.out_spaces
-                       for c in channels.get(sp, range(spaces[sp].size))]
-            inn = expand(use.in_segs, use.factor)
-            if out is None and inn is None:
-                continue
-            if out is not None:
-                entry["out"] = out
-                if use.out_params:
-                    entry["out_params"] = list(use.out_params)
-            if inn is not None:
-                entry["in"] = inn
-                if use.kind == "conv" and m.groups != 1:
-                    entry["groups"] = m.groups if use.local_groups else len(inn) * m.groups // i
-        else:
-            if use.kind == "ln":
-                size = m.normalized_shape[0]
-            elif use.kind == "param":   # a tensor pruned along its channel dim (a layer scale)
-                entry["type"] = "Parameter" if isinstance(m, nn.Parameter) else "Tensor"
-                entry["dim"] = analysis.param_dims[name]
-                size = m.shape[entry["dim"]]
-            elif use.kind == "bn":
-                size = bn_channels(m)
-            else:
-                size = getattr(m, {"gn": "num_channels"}.get(use.kind, "num_parameters"))
-            entry["size"] = size
-            idx = expand(use.in_segs, use.factor)
-            if idx is None:
-                continue
-            entry["channels"] = idx
-        modules[name] = entry
-
-    groups = []
-    for g in analysis.groups:
-        producers = [spaces[s].producer for s in g.spaces if spaces[s].kind in ("conv", "linear", "shortcut")]
-        if not producers:
-            continue   # inputs and opaque tensors: not pruning candidates
-        groups.append({
-            "id": g.id,
-            "producers": producers,
-            "members": analysis.members(g),
-            "channels": [spaces[s].size for s in g.spaces],
-            "units": g.units,
-            "residual": g.residual,
-            "kept": kept[g.id].tolist() if g.id in kept else None,
-            "left_alone": "; ".join(frozen[g.id]) if frozen[g.id] else None,
-        })
-        if g.id in approx:
-            groups[-1]["approximate"] = approx[g.id]
-    # The model's own channel splits whose pieces change size: a graph rewrite (plan.py)
-    edits: Dict[str, Dict[str, Any]] = {}
-    for node, (op, segs, spans, index) in analysis.channel_ops.items():
-        full = [spaces[s.space].size for s in segs]
-        now = [len(channels[s.space]) if s.space in channels else spaces[s.space].size for s in segs]
-        if now != full:
-            edits[node] = {"op": op, "sizes": [sum(now[a:b]) for a, b in spans],
-                           "starts": [sum(now[:a]) for a, _ in spans],
-                           "was_sizes": [sum(full[a:b]) for a, b in spans],
-                           "was_starts": [sum(full[:a]) for a, _ in spans], "was_total": sum(full),
-                           "index": index}
-    # Reshapes into and out of attention heads whose head count changes: a graph rewrite too
-    for node, (op, path, was, space, dim, index) in analysis.head_ops.items():
-        gid = analysis.group_of[space]
-        if gid in kept:
-            heads = len(kept[gid])
-            size = heads if op == "heads" else heads * dim if op == "merge_heads" else len(channels[space])
-            edits[node] = {"op": op, "index": index, "arg": list(path), "was": was, "size": size}
-        elif op == "merge_heads" and was is None and kept:
-            # the heads' width read at run time from another tensor (``B, N, C = x.shape``),
-            # whose channels may be pruned while the heads are not: made the constant it is
-            edits[node] = {"op": op, "index": index, "arg": list(path), "was": None,
-                           "size": spaces[space].size}
-    return Plan(modules=modules, groups=groups, meta=meta, graph=edits)
-
-
 def _tensors(out) -> List[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
@@ -310,7 +194,6 @@ def _against_masked(model, analysis, kept, meta, example_inputs, ops) -> Tuple[O
     ``example_inputs``: (the largest difference over the largest output, "") where the
     outputs keep their shapes, else (None, why)."""
     from .graph.tracing import _ModeGuard
-    from .plan import zero_pruned
 
     alone = _build_plan(analysis, {h.id: [] for h in analysis.groups}, kept, meta)
     try:
@@ -500,12 +383,14 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
 
 
 def _layers(model) -> Dict[str, tuple]:
-    """name -> (type, in channels, out channels, own parameters) of the conv/linear layers."""
+    """name -> (type, in channels, out channels, own parameters) of the layers that make
+    channels (conv, linear, shortcut)."""
     info = {}
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, PadShortcut)):
-            i, o = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
-            info[name] = (type(m).__name__, i, o, sum(p.numel() for p in m.parameters(recurse=False)))
+        handler = handler_for(m)
+        ch = handler.channels(m) if handler is not None else None
+        if ch is not None:
+            info[name] = (type(m).__name__, ch.inputs, ch.outputs, sum(p.numel() for p in m.parameters(recurse=False)))
     return info
 
 

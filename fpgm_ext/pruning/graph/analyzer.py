@@ -11,8 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
-from ..layers import PadShortcut, bn_channels
-from .model import APPROXIMATE, NOT_TENSOR, Seg, Space, Tup, Use, Val
+from .model import APPROXIMATE, NOT_TENSOR, ChannelOp, HeadOp, Seg, Space, Tup, Use, Val
 from .sizes import CONSTANT_COUNT, READ_FROM_OTHER, SizeReads
 
 
@@ -55,9 +54,9 @@ class _Analyzer:
         self.requests: Dict[str, Set[int]] = {}
         # fx node -> (op, the input's segs, each piece's [first, last) seg indices): the
         # channel splits whose sizes the pruned model must get (a graph rewrite)
-        self.channel_ops: Dict[str, Tuple[str, Tuple[Seg, ...], List[Tuple[int, int]], int]] = {}
+        self.channel_ops: Dict[str, ChannelOp] = {}
         self.split_index: Dict[str, int] = {}   # fx node -> its place among rules.split_like nodes
-        self.head_ops: Dict[str, Tuple[str, Tuple[int, ...], Optional[int], int, int, int]] = {}
+        self.head_ops: Dict[str, HeadOp] = {}
         # producers whose channels were laid out in radix groups (radix.py): found by one pass,
         # used by the next (a grouped conv comes before the reshape that shows it)
         self.radix_hint: Set[str] = set()
@@ -183,31 +182,32 @@ class _Analyzer:
             self.freeze(self.out_val(use, None), reason)
         return use
 
-    def conv(self, node, name: str, m: nn.Module, x: Val) -> Val:
+    def conv(self, node, name: str, m: nn.Module, x: Val, ch) -> Val:
+        """A convolution of ``ch`` (``layers.Channels``) channels: its filters a new space."""
         rank = x.rank if x.rank is not None else m.weight.dim()
         if x.factor != 1:
             return self.unknown(node, f"{type(m).__name__} on flattened features", x)
         self.consume(x, name)
         size = self.size(x)
-        if size != m.in_channels:
+        if size != ch.inputs:
             self.freeze(x, f"the input channels of {name} could not be matched to their producers")
-        if m.groups == 1:
-            use = self.record(name, m, "conv", x, out_size=m.out_channels)
+        if ch.groups == 1:
+            use = self.record(name, m, "conv", x, out_size=ch.outputs)
         else:
-            use = self.record(name, m, "conv", x, out_size=m.out_channels, grouped=True)
-            self.grouped_conv(name, m, x, use, size)
+            use = self.record(name, m, "conv", x, out_size=ch.outputs, grouped=True)
+            self.grouped_conv(name, ch, x, use, size)
         return self.out_val(use, rank)
 
-    def grouped_conv(self, name: str, m: nn.Module, x: Val, use: Use, size) -> None:
+    def grouped_conv(self, name: str, ch, x: Val, use: Use, size) -> None:
         """A grouped (or depthwise) conv ties each input space to the output space over
         the same conv groups: their boundaries must match, group for group (missing ones
         are asked of the next pass), and each pair is pruned in whole conv groups."""
         reason = f"{name} is a grouped conv whose input channels do not split along its groups"
-        if size != m.in_channels:
+        if size != ch.inputs:
             self.freeze(self.out_val(use, None), reason)
             self.freeze(x, reason)
             return
-        per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
+        per_in, per_out = ch.inputs // ch.groups, ch.outputs // ch.groups
         outs = Val(tuple(Seg(s) for s in use.out_spaces))
         b_in, b_out = self.bounds(x.segs), self.bounds(outs.segs)
         if any(b % per_in for b in b_in) or any(b % per_out for b in b_out):
@@ -222,7 +222,7 @@ class _Analyzer:
             self.freeze(outs, f"{name}'s input and output channels are cut at different groups")
             self.freeze(x, f"{name}'s input and output channels are cut at different groups")
             return
-        if m.groups > 1 and len(x.segs) == m.groups and len(use.out_spaces) == m.groups and \
+        if ch.groups > 1 and len(x.segs) == ch.groups and len(use.out_spaces) == ch.groups and \
                 (per_in > 1 or per_out > 1) and self._local_groups(x, use):
             # Each conv group its own input and output space, radix groups (ResNeSt): a
             # channel's local index goes from every group at once, so the groups keep equal
@@ -244,37 +244,39 @@ class _Analyzer:
         return use.name in self.radix_hint or \
             any(self.spaces[seg.space].producer in self.radix_hint for seg in x.segs)
 
-    def linear(self, node, name: str, m: nn.Linear, x: Val) -> Val:
+    def linear(self, node, name: str, m: nn.Module, x: Val, ch) -> Val:
+        """A linear layer of ``ch`` (``layers.Channels``) features: its rows a new space."""
+        in_features, out_features = ch.inputs, ch.outputs
         if x.rank is not None and x.rank >= 3:
             # The features are the last dimension ([B, T, C] tokens, [B, H, W, C] channels
             # last): the input's last-dimension space is consumed when it is one (another
             # Linear's output, the hidden dimension of an MLP), and the output's last
             # dimension is this layer's own space, for the next Linear to consume.
-            if x.last and x.factor == 1 and self.size(x) == m.in_features:
+            if x.last and x.factor == 1 and self.size(x) == in_features:
                 self.consume(x, name)
-                use = self.record(name, m, "linear", x, out_size=m.out_features)
+                use = self.record(name, m, "linear", x, out_size=out_features)
             else:
                 self.freeze(x, f"{name} (Linear) reads the last dimension of an input whose "
                                "channels are elsewhere")
-                use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+                use = self.record(name, m, "linear", Val(), out_size=out_features)
             return self.out_val(use, x.rank, last=True)
         if x.rank != 2:
             why = "of unknown rank (pass example_inputs)" if x.rank is None else f"of rank {x.rank}"
             reason = f"{name} (Linear) is applied to an input {why}; only [N, features] inputs are pruned"
             self.freeze(x, reason)
-            use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+            use = self.record(name, m, "linear", Val(), out_size=out_features)
             self.freeze(self.out_val(use, None), reason)
             return self.out_val(use, x.rank)
         size = self.size(x)
         factor = x.factor
-        if size is not None and factor is None and m.in_features % size == 0:
-            factor = m.in_features // size
-        if size is None or factor is None or size * factor != m.in_features:
+        if size is not None and factor is None and in_features % size == 0:
+            factor = in_features // size
+        if size is None or factor is None or size * factor != in_features:
             self.freeze(x, f"the input features of {name} could not be matched to their producers")
-            use = self.record(name, m, "linear", Val(), out_size=m.out_features)
+            use = self.record(name, m, "linear", Val(), out_size=out_features)
         else:
             self.consume(x, name)
-            use = self.record(name, m, "linear", x, factor=factor, out_size=m.out_features)
+            use = self.record(name, m, "linear", x, factor=factor, out_size=out_features)
         return self.out_val(use, 2)
 
     def channelwise(self, node, name: str, m: nn.Module, x: Val, kind: str, count: int,
@@ -295,21 +297,22 @@ class _Analyzer:
                      (s if not s.zero else Seg(s.space, False, via)) for s in x.segs)
         return Val(segs, factor, x.rank)
 
-    def group_norm(self, node, name: str, m: nn.GroupNorm, x: Val) -> Val:
+    def group_norm(self, node, name: str, m: nn.Module, x: Val, channels: int, groups: int,
+                   affine: bool) -> Val:
         """GroupNorm: a group's statistics are its own channels', so whole GN groups go or
         stay and the rest normalise as before (exact). Each space of the input is pruned
         in units of whole GN groups, which must not straddle two spaces. With one group
         (a LayerNorm over the channels) any pruning changes the statistics: left alone."""
-        per = m.num_channels // m.num_groups
+        per = channels // groups
         size = self.size(x)
-        if x.factor != 1 or size != m.num_channels:
+        if x.factor != 1 or size != channels:
             self.freeze(x, f"the channels of {name} could not be matched to their producers")
             self.record(name, m, "gn", Val())
             return self.opaque(node, f"output of {name} (GroupNorm on unmatched channels)")
-        if m.num_groups == 1:
+        if groups == 1:
             self.freeze(x, f"{APPROXIMATE} {name}")   # a LayerNorm over the channels
             self.record(name, m, "gn", x)
-            return Val(tuple(Seg(s.space, True) if m.affine else s for s in x.segs), 1, x.rank)
+            return Val(tuple(Seg(s.space, True) if affine else s for s in x.segs), 1, x.rank)
         offset = 0
         for seg in x.segs:
             space = self.spaces[seg.space].size
@@ -321,21 +324,21 @@ class _Analyzer:
         self.record(name, m, "gn", x)
         # Affine: the pruned channels' weight and bias are zeroed, so they come out zero
         # whatever came in. Without: a group of zeros normalises to zero.
-        segs = tuple(Seg(s.space, True) if m.affine else s for s in x.segs)
+        segs = tuple(Seg(s.space, True) if affine else s for s in x.segs)
         return Val(segs, 1, x.rank)
 
-    def layer_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
+    def layer_norm(self, node, name: str, m: nn.Module, x: Val, shape: tuple, has_weight: bool) -> Val:
         """A LayerNorm over the channels ([B, C], or the last dimension of a channels-last or
         token layout): per-channel weight and bias, but its statistics are all the
         channels': approximate, left alone unless ``prune(..., approximate=True)``."""
         size = self.size(x)
-        if x.factor != 1 or size is None or tuple(m.normalized_shape) != (size,) or \
+        if x.factor != 1 or size is None or shape != (size,) or \
                 not (x.last or x.rank == 2):
             return self.unknown(node, f"{type(m).__name__} not over the channels", x)
         self.freeze(x, f"{APPROXIMATE} {name}")   # (prune._decide words the reason)
         self.record(name, m, "ln", x)
         # its pruned channels' weight (and bias) zeroed: they come out zero
-        zero = getattr(m, "weight", None) is not None
+        zero = has_weight
         return Val(tuple(Seg(s.space, True) if zero else Seg(s.space, False, f"{name} (LayerNorm without weight)")
                          for s in x.segs), 1, x.rank, last=x.last)
 
@@ -372,34 +375,22 @@ class _Analyzer:
             if len(x.segs) != 1 or self.tracer != "fx":
                 return self.unknown(node, f"{kind} by the module attribute {qualname} viewed with a "
                                           "constant channel count", (x, p))
-            self.head_ops[node_name] = ("channels", path, count, x.segs[0].space, 1,
+            self.head_ops[node_name] = HeadOp("channels", tuple(path), count, x.segs[0].space, 1,
                                         self.reshape_index.get(node_name, -1))
         self.record(qualname, t, "param", x)
         self.param_dims[qualname] = dim
         return x
 
-    def batch_norm(self, node, name: str, m: nn.Module, x: Val) -> Val:
-        return self.channelwise(node, name, m, x, "bn", bn_channels(m), getattr(m, "affine", True),
-                                f"{name} (BatchNorm without affine)")
-
-    def prelu(self, node, name: str, m: nn.PReLU, x: Val) -> Val:
-        if m.num_parameters == 1:
-            return x
-        return self.channelwise(node, name, m, x, "prelu", m.num_parameters, False, "")
-
-    def shortcut(self, node, name: str, m: PadShortcut, x: Val) -> Val:
+    def shortcut(self, node, name: str, m: nn.Module, x: Val, ch) -> Val:
         """PadShortcut: the producer of its own output space (see the package docstring)."""
-        if len(x.segs) != 1 or x.factor != 1 or self.size(x) != m.in_channels:
+        if len(x.segs) != 1 or x.factor != 1 or self.size(x) != ch.inputs:
             return self.unknown(node, f"{name} (PadShortcut) on an input of several spaces", x)
         self.consume(x, name)
-        use = self.record(name, m, "shortcut", x, out_size=m.out_channels)
+        use = self.record(name, m, "shortcut", x, out_size=ch.outputs)
         if len(use.out_spaces) != 1:   # its channel map is over its whole output
             self.freeze(self.out_val(use, None), f"{name} (PadShortcut) output cut into parts")
             self.freeze(x, f"{name} (PadShortcut) output cut into parts")
         return self.out_val(use, x.rank)
-
-    def constant_pad(self, node, name: str, m: nn.Module, x: Val) -> Val:
-        return self.unary(x, m.value == 0, f"{name} (ConstantPad, value {m.value})")
 
     # ---- tensor ops
     def unary(self, x: Val, zero_preserving: bool, via: str) -> Val:
@@ -622,7 +613,7 @@ class _Analyzer:
             first, last = ends.index(a), ends.index(b)
             spans.append((first, last))
             pieces.append(Val(x.segs[first:last], 1, x.rank, last=x.last))
-        self.channel_ops[node.name] = (op, tuple(x.segs), spans, self.split_index.get(node.name, -1))
+        self.channel_ops[node.name] = ChannelOp(op, tuple(x.segs), tuple(spans), self.split_index.get(node.name, -1))
         return pieces
 
     def pad(self, node, x: Val, pad, mode, value) -> Val:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import nn
 
 from .analyzer import _Analyzer
 from .model import NOT_TENSOR, Tup, Val
-from .rules import BN, CONV, Call, _arg, conv_groups, entry_of, group_norm_args
+from .rules import Call, _arg, conv_groups, entry_of, group_norm_args
+from ..layers import handler_for, rule_of
 from .visit import _last_axis, _map_args, apply
 
 
@@ -30,25 +30,25 @@ def _conv(A: _Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     groups = conv_groups(node.args, node.kwargs, c.name)
     transposed = c.name == "convolution" and _arg(node.args, node.kwargs, 6, "transposed", False)
-    if m is None or not isinstance(m, CONV) or transposed or groups != m.groups:
+    if m is None or rule_of(m) != "conv" or transposed or groups != handler_for(m).channels(m).groups:
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    return A.conv(node, name, m, c.x)
+    return handler_for(m).analyse(A, node, name, m, c.x)
 
 
 def _linear(A: _Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
-    if m is None or not isinstance(m, nn.Linear):
+    if m is None or rule_of(m) != "linear":
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    return A.linear(node, name, m, c.x)
+    return handler_for(m).analyse(A, node, name, m, c.x)
 
 
 def _batch_norm(A: _Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     if m is None:
         name, m = _module_of(A, node.args[3])
-    if m is None or not isinstance(m, BN):
+    if m is None or rule_of(m) != "bn":
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    out = A.batch_norm(node, name, m, c.x)
+    out = handler_for(m).analyse(A, node, name, m, c.x)
     return out if c.name == "batch_norm" else Tup((out, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR))
 
 
@@ -57,18 +57,18 @@ def _group_norm(A: _Analyzer, node, c: Call):
     groups, weight, _ = group_norm_args(node.args, node.kwargs, native)
     name, m = _module_of(A, weight, ("weight",))
     x = c.x
-    if m is None or not isinstance(m, nn.GroupNorm) or groups != m.num_groups or \
+    if m is None or rule_of(m) != "gn" or groups != m.num_groups or \
             not (isinstance(x, Val) and x.tensor):
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    out = A.group_norm(node, name, m, x)
+    out = handler_for(m).analyse(A, node, name, m, x)
     return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
 
 
 def _prelu(A: _Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
-    if m is None or not isinstance(m, nn.PReLU):
+    if m is None or rule_of(m) != "prelu":
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    return A.prelu(node, name, m, c.x)
+    return handler_for(m).analyse(A, node, name, m, c.x)
 
 
 _LAYERS = {"conv": _conv, "linear": _linear, "bn": _batch_norm, "gn": _group_norm, "prelu": _prelu}

@@ -10,14 +10,13 @@ from dataclasses import replace
 from typing import List, Optional
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from .analyzer import _Analyzer
 from .model import APPROXIMATE, NOT_TENSOR, Tup, Val
-from .rules import BN, CONV, Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
+from .rules import Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
 from .tracing import TRACE_CONSTANT
-from ..layers import is_frozen_bn
+from ..layers import handler_for, rule_of
 from . import heads as _heads
 from . import radix as _radix
 from .visit import _last_axis, _map_args, apply
@@ -66,8 +65,10 @@ def _find_standardised(A: _Analyzer, graph) -> None:
                      flat.target in ("reshape", "view")):
             continue
         name, m = get_attr(flat.args[0], "weight")
-        if m is None or not isinstance(m, CONV) or \
-                tuple(flat.args[1:]) not in ((1, m.out_channels, -1), ((1, m.out_channels, -1),)):
+        if m is None or rule_of(m) != "conv":
+            continue
+        out_channels = handler_for(m).channels(m).outputs
+        if tuple(flat.args[1:]) not in ((1, out_channels, -1), ((1, out_channels, -1),)):
             continue
         chain = [w2, bn, flat, flat.args[0]]
         extra: List[str] = []
@@ -89,8 +90,8 @@ def _find_standardised(A: _Analyzer, graph) -> None:
                 attr = f.target.rpartition(".")[2] if isinstance(f, torch.fx.Node) and f.op == "get_attr" else ""
                 owner, mm = get_attr(f, attr) if attr else (None, None)
                 t = getattr(mm, attr, None) if mm is not None else None
-                if owner != name or not isinstance(t, torch.Tensor) or t.shape[:1] != (m.out_channels,) or \
-                        t.numel() != m.out_channels:
+                if owner != name or not isinstance(t, torch.Tensor) or t.shape[:1] != (out_channels,) or \
+                        t.numel() != out_channels:
                     ok = False
                     break
                 chain.append(f)
@@ -126,51 +127,51 @@ def _fx_batch_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
     if len(names) != 1:
         return None
     name, m = next(iter(names.items()))
-    if not isinstance(m, BN) or m.num_features is None or \
+    if rule_of(m) != "bn" or getattr(m, "num_features", None) is None or \
             (_arg(node.args, node.kwargs, 3, "weight") is None) == m.affine:
         return None
-    return A.batch_norm(node, name, m, x)
+    return handler_for(m).analyse(A, node, name, m, x)
 
 
 def _fx_group_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
     groups, weight, bias = group_norm_args(node.args, node.kwargs, native=False)
     name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
-    if m is None or not isinstance(m, nn.GroupNorm) or groups != m.num_groups or \
+    if m is None or rule_of(m) != "gn" or groups != m.num_groups or \
             (weight is None) == m.affine or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
         return None
-    return A.group_norm(node, name, m, x)
+    return handler_for(m).analyse(A, node, name, m, x)
 
 
 def _fx_conv(A: _Analyzer, node, fn, x: Val, args, kwargs):
     if node.name in A.standardised:
         name, m, extra = A.standardised[node.name]
-        if conv_groups(args, kwargs, fn.__name__) != m.groups:
+        if conv_groups(args, kwargs, fn.__name__) != handler_for(m).channels(m).groups:
             return None
-        out = A.conv(node, name, m, x)
+        out = handler_for(m).analyse(A, node, name, m, x)
         A.uses[name].out_params = extra
         A.freeze(x, f"{name} standardises its weight over its input channels (weight "
                     "standardisation): removing one changes every filter")
         return out
     name, m = _weight_owner(A, node)
-    if m is None or not isinstance(m, CONV) or m.weight.dim() != _WEIGHT_RANK[fn] or \
-            conv_groups(args, kwargs, fn.__name__) != m.groups:
+    if m is None or rule_of(m) != "conv" or m.weight.dim() != _WEIGHT_RANK[fn] or \
+            conv_groups(args, kwargs, fn.__name__) != handler_for(m).channels(m).groups:
         return None
-    return A.conv(node, name, m, x)
+    return handler_for(m).analyse(A, node, name, m, x)
 
 
 def _fx_linear(A: _Analyzer, node, fn, x: Val, args, kwargs):
     name, m = _weight_owner(A, node)
-    return A.linear(node, name, m, x) if isinstance(m, nn.Linear) else None
+    return handler_for(m).analyse(A, node, name, m, x) if m is not None and rule_of(m) == "linear" else None
 
 
 def _fx_layer_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
     shape = _arg(node.args, node.kwargs, 1, "normalized_shape")
     weight, bias = _arg(node.args, node.kwargs, 2, "weight"), _arg(node.args, node.kwargs, 3, "bias")
     name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
-    if m is None or not isinstance(m, nn.LayerNorm) or tuple(shape or ()) != tuple(m.normalized_shape) or \
+    if m is None or rule_of(m) != "ln" or tuple(shape or ()) != tuple(m.normalized_shape) or \
             (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
         return None
-    return A.layer_norm(node, name, m, x)
+    return handler_for(m).analyse(A, node, name, m, x)
 
 
 _FX_LAYERS = {"bn": _fx_batch_norm, "gn": _fx_group_norm, "ln": _fx_layer_norm, "conv": _fx_conv,
@@ -363,22 +364,14 @@ def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
     return layer(A, node, fn, x, args, kwargs) if layer is not None else None
 
 
-# rule -> the _Analyzer method of a leaf module with its own state
-_MODULE_LAYERS = {"conv": "conv", "linear": "linear", "bn": "batch_norm", "prelu": "prelu",
-                  "gn": "group_norm", "ln": "layer_norm", "shortcut": "shortcut",
-                  "constant_pad": "constant_pad"}
-
-
 def _call_module(A: _Analyzer, node, c: Call, rule):
     m, x, args, kwargs = c.target, c.x, c.args, c.kwargs
     if not isinstance(x, Val) or not x.tensor:
         return A.unknown(node, type(m).__name__, (args, kwargs))
     if len([a for a in list(args) + list(kwargs.values()) if isinstance(a, (Val, Tup))]) > 1:
         return A.unknown(node, f"{type(m).__name__} with several tensor inputs", (args, kwargs))
-    if rule == "bn" and getattr(m, "num_features", 0) is None:
-        return A.unknown(node, type(m).__name__, x)
     if rule in LAYERS:
-        return getattr(A, _MODULE_LAYERS[rule])(node, c.who, m, x)
+        return handler_for(m).analyse(A, node, c.who, m, x)
     if rule is None:
         return A.unknown(node, type(m).__name__, (args, kwargs))
     return apply(A, node, rule, c)
@@ -434,7 +427,7 @@ def _visit_fx(A: _Analyzer, node, gm):
     if op == "call_module":
         m = gm.get_submodule(target)
         entry = entry_of("module", m)
-        rule = entry.rule if entry is not None else "bn" if is_frozen_bn(m) else None   # (named)
+        rule = entry.rule if entry is not None else None
         x = args[0] if args else next(iter(kwargs.values()), None)
         c = Call("module", m, args, kwargs, x, type(m).__name__, type(m).__name__, target)
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .analyzer import _Analyzer
-from .model import NOT_TENSOR, Heads, Seg, Tup, Val
+from .model import NOT_TENSOR, HeadOp, Heads, Seg, Tup, Val
 
 
 def reshape_like(node) -> bool:
@@ -179,7 +179,7 @@ def _split_heads(A: _Analyzer, node, x: Val) -> Optional[Val]:
         return A.unknown(node, "reshape into heads of channels cut inside a group", x)
     roles = ("",) * (len(before) - 1) + (("g", "h", "d") if extra == 2 else ("h", "d"))
     if value == h:
-        A.head_ops[node.name] = ("heads", path, h, x.segs[-1].space, d, A.reshape_index.get(node.name, -1))
+        A.head_ops[node.name] = HeadOp("heads", tuple(path), h, x.segs[-1].space, d, A.reshape_index.get(node.name, -1))
     return Val(x.segs, 1, len(after), heads=Heads(roles, g, h, d, node.name))
 
 
@@ -281,8 +281,8 @@ def _merge_heads(A: _Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:
             was = None if isinstance(value, torch.fx.Node) else value
             if was is None:     # read at run time: the plan writes it as a constant
                 A.size_ok.add((value.name, node.name))
-            A.head_ops[node.name] = ("merge_heads", path, was, x.segs[0].space, heads.dim,
-                                     A.reshape_index.get(node.name, -1))
+            A.head_ops[node.name] = HeadOp("merge_heads", tuple(path), was, x.segs[0].space, heads.dim,
+                                           A.reshape_index.get(node.name, -1))
         elif value != -1:
             return None
     elif not (len(args) == 2 and isinstance(args[1], int) and args[1] % len(before) == len(before) - 2

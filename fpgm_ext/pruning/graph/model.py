@@ -101,6 +101,33 @@ class Use:
                                       # every conv group, their number kept (analyzer.grouped_conv)
 
 
+@dataclass(frozen=True)
+class ChannelOp:
+    """A channel split of an fx graph (split, chunk, narrow, a slice of dim 1) whose
+    pieces' sizes change with the pruning: the op (split | narrow | slice), its input's
+    segs, each piece's [first, last) seg indices, and the node's place among the graph's
+    split-like nodes (``rules.split_like``)."""
+    op: str
+    segs: Tuple[Seg, ...]
+    spans: Tuple[Tuple[int, int], ...]
+    index: int
+
+
+@dataclass(frozen=True)
+class HeadOp:
+    """A reshape of an fx graph whose head count (``heads``), merged width
+    (``merge_heads``) or channel count (``channels``: a per-channel tensor's view) changes
+    with the pruning: the path of the shape argument, its old constant (None: read at run
+    time), a space of the group, features per head, and the node's place among the
+    graph's reshapes (``heads.reshape_like``)."""
+    op: str
+    path: Tuple[int, ...]
+    was: Optional[int]
+    space: int
+    dim: int
+    index: int
+
+
 @dataclass
 class Group:
     id: int
@@ -118,14 +145,8 @@ class Analysis:
     groups: List[Group]
     group_of: Dict[int, int]          # space id -> group id
     unsupported: List[str]            # ops not understood: "op (node): what it froze"
-    # fx node -> (op, its input's segs, each piece's [first, last) seg indices): channel
-    # splits (split, chunk, narrow, slices) whose sizes change with the pruning
-    # (and the node's place among the graph's split-like nodes, rules.split_like)
-    channel_ops: Dict[str, Tuple[str, Tuple["Seg", ...], List[Tuple[int, int]], int]] = field(default_factory=dict)
-    # fx node -> (op, path of the shape argument, its old value, a space of the heads' group,
-    # features per head, the node's place among the graph's reshapes): reshapes into and out
-    # of attention heads whose head count or width changes with the pruning (heads.py)
-    head_ops: Dict[str, Tuple[str, Tuple[int, ...], Optional[int], int, int, int]] = field(default_factory=dict)
+    channel_ops: Dict[str, ChannelOp] = field(default_factory=dict)   # fx node -> its split
+    head_ops: Dict[str, HeadOp] = field(default_factory=dict)         # fx node -> its reshape
     param_dims: Dict[str, int] = field(default_factory=dict)   # parameter members -> channel dim
     _members: Optional[Dict[int, List[str]]] = field(default=None, repr=False, compare=False)
 

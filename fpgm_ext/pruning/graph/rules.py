@@ -4,7 +4,8 @@ rule it follows, and the helpers that read a rule's arguments from one call.
 A *spelling* is how an op appears in a graph:
 
 - ``("module", type)``: a leaf module of an fx graph, found along its class's MRO (a
-  subclass follows its base's rule);
+  subclass follows its base's rule); the layers' types (conv, linear, norms, ...) are not
+  rows here but come from the layer registry (``pruning/layers``), which knows them;
 - ``("function", callable)``: a call_function of an fx graph (``torch.*``, ``F.*``,
   ``operator.*``); a callable of an optional package is spelled by its qualified name, so
   that nothing optional is imported here;
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import PadShortcut
+from ..layers import rule_of
 
 RULES = {
     # layers: the op computes with one module's own tensors (dedicated _Analyzer methods)
@@ -67,28 +68,18 @@ EW = True      # elementwise (see the module docstring)
 
 # (kind, rule, elementwise, spellings); a spelling may appear in one row only
 _ROWS: Tuple[Tuple[str, str, bool, tuple], ...] = (
-    # ---------------------------------------------------------------- layers
-    ("module", "conv", False, (nn.Conv1d, nn.Conv2d, nn.Conv3d)),
+    # ------------------------------------- layers (their module types: pruning/layers)
     ("function", "conv", False, (F.conv1d, F.conv2d, F.conv3d)),
     ("aten", "conv", False, ("conv1d", "conv2d", "conv3d", "convolution")),
-    ("module", "linear", False, (nn.Linear,)),
     ("function", "linear", False, (F.linear,)),
     ("aten", "linear", False, ("linear",)),
-    ("module", "bn", False, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)),
     ("function", "bn", False, (F.batch_norm, torch.batch_norm)),
     ("aten", "bn", False, ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
                            "_native_batch_norm_legit_functional", "native_batch_norm")),
-    ("module", "gn", False, (nn.GroupNorm,)),
     ("function", "gn", False, (F.group_norm,)),
     ("aten", "gn", False, ("group_norm", "native_group_norm")),
-    ("module", "ln", False, (nn.LayerNorm,)),
     ("function", "ln", False, (F.layer_norm,)),
-    ("module", "prelu", False, (nn.PReLU,)),
     ("aten", "prelu", False, ("_prelu_kernel", "prelu")),
-    ("module", "shortcut", False, (PadShortcut,)),
-    # ZeroPad: a ConstantPad of value 0
-    ("module", "constant_pad", False, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-                                       nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)),
     # ----------------------------------------------------- zero stays zero
     ("module", "pass", EW, (
         nn.ReLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -203,8 +194,12 @@ TABLE = _build()
 
 def entry_of(kind: str, target) -> Optional[Entry]:
     """The table's entry for an op: ``kind`` as in the table, ``target`` the module (not
-    its type), the callable, or the name."""
+    its type), the callable, or the name. A module of a registered layer type follows
+    its layer's rule."""
     if kind == "module":
+        rule = rule_of(target)
+        if rule is not None:
+            return Entry(rule)
         return next((TABLE[("module", c)] for c in type(target).__mro__ if ("module", c) in TABLE), None)
     entry = TABLE.get((kind, target))
     if entry is None and kind == "function":
@@ -215,10 +210,6 @@ def entry_of(kind: str, target) -> Optional[Entry]:
 def spellings(kind: str, rule: str) -> tuple:
     """The spellings of one kind that follow ``rule``, in table order."""
     return tuple(s for (k, s), e in TABLE.items() if k == kind and e.rule == rule)
-
-
-CONV = spellings("module", "conv")     # for isinstance: the module types of the conv rule
-BN = spellings("module", "bn")
 
 
 # --------------------------------------------------------------- arguments

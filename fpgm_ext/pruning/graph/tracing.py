@@ -12,8 +12,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from ..layers import FROZEN_BN, LEAF_TYPES, type_name
-from .rules import CONV
+from ..layers import is_leaf, rule_of, type_name
 
 
 class TraceFailure(RuntimeError):
@@ -36,7 +35,7 @@ def _hint(model: nn.Module) -> str:
     """Where to prune instead: the submodule holding most of the convolutions' weights (a
     detection model's backbone), else most of the parameters."""
     def weight(m: nn.Module):
-        convs = sum(c.weight.numel() for c in m.modules() if isinstance(c, CONV))
+        convs = sum(c.weight.numel() for c in m.modules() if rule_of(c) == "conv")
         return convs, sum(p.numel() for p in m.parameters())
 
     children = [(weight(m), n) for n, m in model.named_children()]
@@ -59,18 +58,17 @@ def _quiet():
         logging.disable(old)
 
 
-# timm's "same"-padding layers (its tf_* models) compute their padding from the input's
-# shape in Python, which fx cannot trace; each is the layer it subclasses with padding
-# around the spatial dims that keeps a zero channel zero (zeros for the conv and the
-# average, -inf for the max): leaves, analysed as that layer (the table finds it by MRO).
-# Frozen BatchNorms: leaves, pruned as BatchNorms. Named, not imported.
-_NAMED_LEAVES = FROZEN_BN | {"timm.layers.conv2d_same.Conv2dSame", "timm.layers.pool2d_same.MaxPool2dSame",
-                             "timm.layers.pool2d_same.AvgPool2dSame"}
+# timm's "same"-padding pools (its tf_* models) compute their padding from the input's
+# shape in Python, which fx cannot trace; each is the pool it subclasses with padding
+# around the spatial dims that keeps a zero channel zero (zeros for the average, -inf
+# for the max): leaves, analysed as that pool (the table finds it by MRO). Named, not
+# imported. (The layers' leaves, its same-padding conv among them: the layer registry.)
+_NAMED_LEAVES = {"timm.layers.pool2d_same.MaxPool2dSame", "timm.layers.pool2d_same.AvgPool2dSame"}
 
 
 class _Tracer(torch.fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LEAF_TYPES) or type_name(m) in _NAMED_LEAVES or super().is_leaf_module(m, qualname)
+        return is_leaf(m) or type_name(m) in _NAMED_LEAVES or super().is_leaf_module(m, qualname)
 
 
 TRACE_CONSTANT = "_tensor_constant"   # torch.fx's name for a tensor made while tracing

@@ -1,9 +1,13 @@
-"""Layers the pruner knows by type (beside torch.nn's): traced as leaves, pruned by mapping."""
+"""``PadShortcut``, the CIFAR ResNets' parameter-free shortcut, and its handler: a
+producer of its own output channels (the streams before and after it are separate
+groups), pruned by renumbering its channel map."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .base import Channels, Layer, check_size, kept_indices
 
 
 class PadShortcut(nn.Module):
@@ -44,24 +48,45 @@ class PadShortcut(nn.Module):
                 f"mapped={self.src.numel()}")
 
 
-LEAF_TYPES = (PadShortcut,)
+class Shortcut(Layer):
+    """The handler of ``PadShortcut``: its input and output channels are its own spaces;
+    the surgery keeps the ``(src, dst)`` pairs whose channels both survive, renumbered."""
+    rule = "shortcut"
 
-def type_name(obj) -> str:
-    """A class's module-qualified name (of ``obj``'s class unless ``obj`` is a class):
-    how layers of packages this one does not import are named (timm, torchvision)."""
-    kind = obj if isinstance(obj, type) else type(obj)
-    return f"{kind.__module__}.{kind.__qualname__}"
+    def analyse(self, A, node, name, m, x):
+        return A.shortcut(node, name, m, x, self.channels(m))
+
+    def channels(self, m):
+        return Channels(m.in_channels, m.out_channels)
+
+    def plan_entry(self, use, out, inn):
+        if out is None and inn is None:
+            return None
+        entry = {"type": type(use.module).__name__, "out_size": use.module.out_channels,
+                 "in_size": use.module.in_channels}
+        if out is not None:
+            entry["out"] = out
+        if inn is not None:
+            entry["in"] = inn
+        return entry
+
+    def replaced(self, m):
+        return ("src", "dst")
+
+    def surgery(self, name, m, entry, batch):
+        check_size(name, entry, "in_size", m.in_channels)
+        check_size(name, entry, "out_size", m.out_channels)
+        dev = m.src.device
+        keep_in = kept_indices(entry, "in", m.in_channels, name, dev)
+        keep_out = kept_indices(entry, "out", m.out_channels, name, dev)
+        src, dst = _renumber(m.src, keep_in, m.in_channels), _renumber(m.dst, keep_out, m.out_channels)
+        both = (src >= 0) & (dst >= 0)
+        m.src, m.dst = src[both].contiguous(), dst[both].contiguous()
+        m.in_channels, m.out_channels = len(keep_in), len(keep_out)
 
 
-# BatchNorm with its affine and statistics in buffers (torchvision's detection backbones
-# and timm's freeze_batch_norm_2d use it): pruned as a BatchNorm.
-FROZEN_BN = frozenset({"torchvision.ops.misc.FrozenBatchNorm2d"})
-
-
-def is_frozen_bn(m) -> bool:
-    return type_name(m) in FROZEN_BN
-
-
-def bn_channels(m) -> int:
-    """A BatchNorm's channel count, frozen ones (no ``num_features``) included."""
-    return m.num_features if hasattr(m, "num_features") else m.weight.numel()
+def _renumber(channels: torch.Tensor, kept: torch.Tensor, size: int) -> torch.Tensor:
+    """Each channel's index among the kept ones, -1 for a removed one."""
+    new = torch.full((size,), -1, dtype=torch.int64, device=channels.device)
+    new[kept] = torch.arange(len(kept), device=channels.device)
+    return new[channels]

@@ -1,0 +1,59 @@
+"""Per-layer knowledge of the pruner, one handler per layer kind, and the registry that
+maps module types to handlers. A handler (``base.Layer``) says how a module of its kind
+joins the channel analysis (the rule it follows), its plan entry, its surgery (in the one
+``gather_channels`` batch), its masks, and its weight's size after pruning.
+
+Teaching the pruner a layer of your own (a conv wrapper holding its own weight)::
+
+    from fpgm_ext.pruning import register_layer
+    from fpgm_ext.pruning.layers import Conv
+
+    register_layer(MyConv, Conv())   # weight [out, in / groups, *k], bias [out] or None
+
+Files: base.py (``Layer``, ``Surgery``, entry checks), registry.py (``register_layer``,
+``handler_for``), conv.py, linear.py, channelwise.py (what per-channel layers share),
+norms.py (BatchNorm, GroupNorm, LayerNorm, PReLU), padding.py, shortcut.py
+(``PadShortcut``), parameter.py (tensor attributes pruned with the channels they meet).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Channels, Layer, Surgery, replace_tensor
+from .channelwise import Channelwise
+from .conv import Conv
+from .linear import Linear
+from .norms import BatchNorm, GroupNorm, LayerNorm, PReLU
+from .padding import ConstantPad
+from .parameter import ENTRY_TYPES as TENSOR_ENTRY_TYPES, TENSOR_MEMBER
+from .registry import handler_for, is_leaf, register_layer, registered_types, rule_of, type_name
+from .shortcut import PadShortcut, Shortcut
+
+__all__ = ["Layer", "Channels", "Surgery", "Channelwise", "Conv", "Linear", "BatchNorm", "GroupNorm",
+           "LayerNorm", "PReLU", "ConstantPad", "Shortcut", "PadShortcut", "register_layer", "handler_for",
+           "rule_of", "is_leaf", "type_name", "replace_tensor", "registered_types", "TENSOR_MEMBER",
+           "TENSOR_ENTRY_TYPES"]
+
+
+def _register_builtins() -> None:
+    for kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        register_layer(kind, Conv())
+    register_layer(nn.Linear, Linear())
+    for kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm):
+        register_layer(kind, BatchNorm())
+    register_layer(nn.GroupNorm, GroupNorm())
+    register_layer(nn.LayerNorm, LayerNorm())
+    register_layer(nn.PReLU, PReLU())
+    for kind in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad1d, nn.ZeroPad2d,
+                 nn.ZeroPad3d):   # (ZeroPad: a ConstantPad of value 0)
+        register_layer(kind, ConstantPad())
+    register_layer(PadShortcut, Shortcut())
+    # Named, not imported: BatchNorm with its affine and statistics in buffers (torchvision's
+    # detection backbones, timm's freeze_batch_norm_2d), and timm's "same"-padding conv,
+    # which computes its padding from the input's shape in Python (fx cannot trace it; the
+    # padding keeps a zero channel zero).
+    register_layer("torchvision.ops.misc.FrozenBatchNorm2d", BatchNorm())
+    register_layer("timm.layers.conv2d_same.Conv2dSame", Conv())
+
+
+_register_builtins()
