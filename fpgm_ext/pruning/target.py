@@ -16,6 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 from torch import nn
 
 from .flops import Measurement, derive_weight_sizes, scaled_flops
+from .layers import TENSOR_ENTRY_TYPES, TENSOR_MEMBER, handler_for
 from .plan import Plan
 
 _TOLERANCE = 0.01  # a target counts as met within 1 % (absolute) of the reduction asked
@@ -40,19 +41,12 @@ def planned_params(model: nn.Module, plan: Plan, params_before: int) -> int:
     """Parameters of ``model`` once ``plan`` is applied, from the plan's channel counts."""
     modules = dict(model.named_modules())
     removed = 0
-    new_sizes = derive_weight_sizes(model, plan)
     for name, entry in plan.modules.items():
-        m = modules[name]
-        if name in new_sizes:
-            removed += m.weight.numel() - new_sizes[name]
-            if getattr(m, "bias", None) is not None and "out" in entry:
-                removed += m.bias.numel() - len(entry["out"])
-        elif "channels" in entry:
-            kept = len(entry["channels"])
-            for attr in ("weight", "bias"):
-                t = getattr(m, attr, None)
-                if isinstance(t, nn.Parameter):
-                    removed += t.numel() - kept
+        if entry.get("type") in TENSOR_ENTRY_TYPES:   # a layer scale, keyed by its own name
+            removed += TENSOR_MEMBER.params_removed_of(modules, name, entry)
+            continue
+        handler = handler_for(modules[name])
+        removed += handler.params_removed(modules[name], entry) if handler is not None else 0
     return params_before - removed
 
 

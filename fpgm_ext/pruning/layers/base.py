@@ -139,6 +139,10 @@ class Layer:
         """``weight.numel()`` once ``entry`` is applied (counted layers: FLOPs scale by it)."""
         return None
 
+    def params_removed(self, m: nn.Module, entry: Dict[str, Any]) -> int:
+        """How many parameters applying ``entry`` removes (the target search's count)."""
+        return 0
+
 
 def affine_masks(name: str, m: nn.Module, key: str, size_key: str, entry) -> Dict[str, torch.Tensor]:
     """Masks of ``weight`` and ``bias`` over the entry's kept indices under ``key``."""

@@ -46,5 +46,11 @@ class Channelwise(Layer):
     def resize(self, m: nn.Module, n: int) -> None:
         """Sets the layer's own channel count to ``n``."""
 
+    def params_removed(self, m, entry) -> int:
+        if "channels" not in entry:
+            return 0
+        kept = len(entry["channels"])
+        return sum(t.numel() - kept for a in ("weight", "bias") if isinstance(t := getattr(m, a, None), nn.Parameter))
+
     def masks(self, name, m, entry):
         return affine_masks(name, m, "channels", "size", entry)

@@ -102,6 +102,12 @@ class Conv(Layer):
     def masks(self, name, m, entry):
         return affine_masks(name, m, "out", "out_size", entry)
 
+    def params_removed(self, m, entry) -> int:
+        removed = m.weight.numel() - self.weight_size_after(m, entry)
+        if getattr(m, "bias", None) is not None and "out" in entry:
+            removed += m.bias.numel() - len(entry["out"])
+        return removed
+
     def weight_size_after(self, m, entry) -> Optional[int]:
         ch = self.channels(m)
         o2 = len(entry["out"]) if "out" in entry else ch.outputs

@@ -39,6 +39,14 @@ class TensorMember(Layer):
         check_size(name, entry, "size", t.shape[dim])
         batch.gather_into(owner, attr, dim, kept_indices(entry, "channels", t.shape[dim], name, t.device))
 
+    def params_removed_of(self, modules, name: str, entry: Dict[str, Any]) -> int:
+        """Parameters removed by the entry of the tensor ``name`` (a buffer: none)."""
+        owner, attr = owner_and_attr(modules, name)
+        t = getattr(owner, attr, None)
+        if not isinstance(t, nn.Parameter) or "channels" not in entry:
+            return 0
+        return t.numel() - t.numel() // t.shape[entry["dim"]] * len(entry["channels"])
+
     def mask(self, modules, name: str, entry: Dict[str, Any]) -> torch.Tensor:
         """The bool mask of the tensor (True: kept), shaped to broadcast along its dim."""
         owner, attr = owner_and_attr(modules, name)

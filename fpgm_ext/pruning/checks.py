@@ -1,0 +1,101 @@
+"""Plans checked on the model's own code: a set of pruned groups applied to a copy and
+run on the example inputs against the original with their channels zeroed
+(``against_masked``). Used to measure approximate groups (``measure_approximation``) and
+to check plans from torch.export's analysis, whose graph holds every size as a constant
+while the model's code may read one at run time (``eager_checked``)."""
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .graph.tracing import _ModeGuard
+from .plan import Plan, apply_fitting, build_plan, zero_pruned
+
+EAGER_RTOL = 1e-3   # a wrong pruning differs by O(1); exact ones by float rounding (~1e-6)
+
+def _tensors(out) -> List[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def against_masked(model, analysis, kept, meta, example_inputs, ops) -> Tuple[Optional[float], str]:
+    """The model with the groups ``kept`` names pruned (and only those) against the
+    original with their channels zeroed (what an exact pruning computes), on
+    ``example_inputs``: (the largest difference over the largest output, "") where the
+    outputs keep their shapes, else (None, why)."""
+    alone = build_plan(analysis, {h.id: [] for h in analysis.groups}, kept, meta)
+    try:
+        pruned = apply_fitting(model, alone, False, ops)
+        masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
+        with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
+            got, want = _tensors(pruned(*example_inputs)), _tensors(masked(*example_inputs))
+    except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
+        return None, f"the model fails on the example inputs ({type(exc).__name__}: {first})"
+    if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
+        return None, "the model's outputs change shape"
+    scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
+    diff = max((float((a.float() - b.float()).abs().max()) for a, b in zip(got, want) if a.numel()),
+               default=0.0)
+    return (diff / scale if scale > 0 else diff), ""
+
+
+def measure_approximation(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
+    """For each group pruned approximately (``approximate=True``): ``against_masked`` of
+    that group alone, into the plan's group entry as ``output_difference``. Returns the
+    groups whose pruning the model's own code does not take (a size it holds), with why."""
+    failed: Dict[int, str] = {}
+    for g in plan.groups:
+        if g.get("approximate") and g["kept"] is not None:
+            diff, why = against_masked(model, analysis, {g["id"]: torch.tensor(g["kept"])}, plan.meta,
+                                        example_inputs, ops)
+            if diff is None:
+                failed[g["id"]] = f"pruned approximately, {why}: its code holds a size of these channels"
+            else:
+                g["output_difference"] = diff
+    return failed
+
+
+def _check_eager(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
+    """torch.export's graph holds every size as a constant, and the plan is carried out on
+    the model's own (eager) code, which may read a size at run time where the graph shows
+    a constant (graph/sizes.py): ``against_masked`` of the exactly pruned groups; where
+    they differ (or the model fails), of each group alone, and the groups whose pruning
+    the code does not take are returned, with why. One pruned copy and two forwards when
+    it holds."""
+    exact = {g["id"]: torch.tensor(g["kept"]) for g in plan.groups
+             if g["kept"] is not None and not g.get("approximate")}
+
+    def fails(kept) -> Optional[str]:
+        diff, why = against_masked(model, analysis, kept, plan.meta, example_inputs, ops)
+        if diff is None:
+            return why
+        return None if diff <= EAGER_RTOL else f"pruned, it differs from the masked original by {diff:.1e}"
+
+    if not exact or fails(exact) is None:
+        return {}
+    failed = {}
+    for gid, kept in exact.items():
+        why = fails({gid: kept})
+        if why is not None:
+            failed[gid] = f"traced by torch.export, whose graph holds sizes as constants: {why} " \
+                          f"(the model's code reads a size of these channels)"
+    return failed or {gid: "traced by torch.export: the pruned groups together do not give the masked "
+                           "original on the example inputs" for gid in exact}
+
+
+def eager_checked(model, analysis, plan, example_inputs, ops, decide) -> Tuple[Plan, Dict[int, str]]:
+    """A plan from torch.export's analysis, checked on the model's code (``_check_eager``):
+    made again by ``decide(refused)`` without the groups it does not take."""
+    if analysis.tracer != "export" or example_inputs is None:
+        return plan, {}
+    refused = _check_eager(model, analysis, plan, example_inputs, ops)
+    return (decide(refused) if refused else plan), refused
+
