@@ -59,7 +59,7 @@ The package, one job per file:
 - ``rules.py``: the op table, every op spelling (module type, function, Tensor method,
   aten op) mapped to its channel rule and whether it is elementwise, and the helpers that
   read a rule's arguments;
-- ``analyzer.py``: ``_Analyzer``, the spaces, their joining and freezing, one method per
+- ``analyzer.py``: ``Analyzer``, the spaces, their joining and freezing, one method per
   rule;
 - ``visit.py``: what both visitors share, the tensor ops' rules by name;
 - ``fx.py``, ``export.py``: the visitors of an fx and of an export graph;
@@ -75,13 +75,13 @@ from typing import Dict, List
 
 from torch import nn
 
-from .analyzer import _Analyzer
+from .analyzer import Analyzer
 from .export import _visit_export
 from .fx import _find_standardised, _visit_fx
-from .heads import reshape_like
 from .sizes import check as check_size_reads
+from .state import NodeIndex
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
-from .rules import RULES, TABLE, Entry, entry_of, split_like
+from .rules import RULES, TABLE, Entry, entry_of
 from .tracing import TraceFailure, no_trace_constants, trace
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
 
@@ -106,24 +106,22 @@ def _analyse(model, example_inputs, method, flops) -> Analysis:
     radix: set = set()   # producers laid out in radix groups (radix.py), for the next pass
     for _ in range(MAX_PASSES):
         A = _walk(model, graph, shapes, tracer, names, owner, cuts, radix)
-        if not A.requests and A.radix_found <= radix:
+        if not A.requests and A.radix.found <= radix:
             break
         for producer, at in A.requests.items():
             cuts.setdefault(producer, set()).update(at)
-        radix |= A.radix_found
+        radix |= A.radix.found
     return _finish(A)
 
 
 MAX_PASSES = 8
 
 
-def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -> _Analyzer:
-    A = _Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()})
-    A.radix_hint = set(radix)
+def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -> Analyzer:
+    A = Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()}, radix)
     if tracer == "fx":
         _find_standardised(A, graph)
-        A.split_index = {n.name: k for k, n in enumerate(n for n in graph.nodes if split_like(n))}
-        A.reshape_index = {n.name: k for k, n in enumerate(n for n in graph.nodes if reshape_like(n))}
+        A.index = NodeIndex.of(graph)
     for node in graph.nodes:
         if tracer == "fx":
             val = _visit_fx(A, node, owner)
@@ -139,7 +137,7 @@ def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -
     return A
 
 
-def _finish(A: _Analyzer) -> Analysis:
+def _finish(A: Analyzer) -> Analysis:
     A.check_size_links()
     roots: Dict[int, List[int]] = {}
     for s in range(len(A.spaces)):

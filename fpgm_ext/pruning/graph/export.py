@@ -3,18 +3,23 @@
 norm, prelu) find their module from the parameter placeholder they are given."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import operator
 
 import torch
 
-from .analyzer import _Analyzer
 from .model import NOT_TENSOR, Tup, Val
 from .rules import Call, _arg, conv_groups, entry_of, group_norm_args
 from ..layers import handler_for, rule_of
 from .visit import _last_axis, _map_args, apply
 
 
-def _module_of(A: _Analyzer, node_arg, suffix_ok=("weight", "running_mean")):
+if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
+    from .analyzer import Analyzer
+
+
+def _module_of(A: Analyzer, node_arg, suffix_ok=("weight", "running_mean")):
     """The module owning a parameter placeholder of an exported graph."""
     if not isinstance(node_arg, torch.fx.Node):
         return None, None
@@ -26,7 +31,7 @@ def _module_of(A: _Analyzer, node_arg, suffix_ok=("weight", "running_mean")):
     return (name, m) if m is not None and attr in suffix_ok else (None, None)
 
 
-def _conv(A: _Analyzer, node, c: Call):
+def _conv(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     groups = conv_groups(node.args, node.kwargs, c.name)
     transposed = c.name == "convolution" and _arg(node.args, node.kwargs, 6, "transposed", False)
@@ -35,14 +40,14 @@ def _conv(A: _Analyzer, node, c: Call):
     return handler_for(m).analyse(A, node, name, m, c.x)
 
 
-def _linear(A: _Analyzer, node, c: Call):
+def _linear(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     if m is None or rule_of(m) != "linear":
         return A.unknown(node, c.label, (c.args, c.kwargs))
     return handler_for(m).analyse(A, node, name, m, c.x)
 
 
-def _batch_norm(A: _Analyzer, node, c: Call):
+def _batch_norm(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     if m is None:
         name, m = _module_of(A, node.args[3])
@@ -52,7 +57,7 @@ def _batch_norm(A: _Analyzer, node, c: Call):
     return out if c.name == "batch_norm" else Tup((out, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR))
 
 
-def _group_norm(A: _Analyzer, node, c: Call):
+def _group_norm(A: Analyzer, node, c: Call):
     native = c.name == "native_group_norm"     # -> (out, mean, rstd)
     groups, weight, _ = group_norm_args(node.args, node.kwargs, native)
     name, m = _module_of(A, weight, ("weight",))
@@ -64,7 +69,7 @@ def _group_norm(A: _Analyzer, node, c: Call):
     return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
 
 
-def _prelu(A: _Analyzer, node, c: Call):
+def _prelu(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     if m is None or rule_of(m) != "prelu":
         return A.unknown(node, c.label, (c.args, c.kwargs))
@@ -77,7 +82,7 @@ _LAYERS = {"conv": _conv, "linear": _linear, "bn": _batch_norm, "gn": _group_nor
 _ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat"} | set(_LAYERS)
 
 
-def _visit_export(A: _Analyzer, node, user_inputs):
+def _visit_export(A: Analyzer, node, user_inputs):
     args = _map_args(node.args, A.vals)
     kwargs = _map_args(node.kwargs, A.vals)
     if node.op == "placeholder":
@@ -105,7 +110,7 @@ def _visit_export(A: _Analyzer, node, user_inputs):
     if rule in _ANY_FIRST_ARG:
         return apply(A, node, rule, c)
     if not (isinstance(x, Val) and x.tensor):
-        if not A._segs((args, kwargs)):
+        if not A.segs_of((args, kwargs)):
             return NOT_TENSOR
         return A.unknown(node, c.label, (args, kwargs))
     if rule is None:

@@ -5,6 +5,8 @@ timm's BatchNormAct2d), and weight-standardised convs, whose weight is computed 
 graph (``_find_standardised``)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import operator
 from dataclasses import replace
 from typing import List, Optional
@@ -12,21 +14,25 @@ from typing import List, Optional
 import torch
 from torch.nn import functional as F
 
-from .analyzer import _Analyzer
 from .model import APPROXIMATE, NOT_TENSOR, Tup, Val
 from .rules import Call, LAYERS, _arg, conv_groups, entry_of, group_norm_args, spellings
 from .tracing import TRACE_CONSTANT
 from ..layers import handler_for, rule_of
 from . import heads as _heads
 from . import radix as _radix
+from .nodes import shape_entries
 from .visit import _last_axis, _map_args, apply
+
+if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
+    from .analyzer import Analyzer
+
 
 _CONV_FUNCS = spellings("function", "conv")
 _BN_FUNCS = spellings("function", "bn")
 _WEIGHT_RANK = {F.conv1d: 3, F.conv2d: 4, F.conv3d: 5}
 
 
-def _fx_owner(A: _Analyzer, node_arg, attr: str):
+def _fx_owner(A: Analyzer, node_arg, attr: str):
     """(name, module) when ``node_arg`` is a get_attr of ``attr`` of a module of the model
     (as ``module.<attr>``); else (None, None). The module comes from the model itself: the
     traced GraphModule holds only empty containers around the attributes it reads."""
@@ -37,7 +43,7 @@ def _fx_owner(A: _Analyzer, node_arg, attr: str):
     return (name, m) if m is not None and last == attr else (None, None)
 
 
-def _find_standardised(A: _Analyzer, graph) -> None:
+def _find_standardised(A: Analyzer, graph) -> None:
     """Weight-standardised convs in an fx graph (timm's StdConv2d, ScaledStdConv2d): a
     conv whose weight is its module's own weight normalised per output filter,
     ``F.batch_norm(w.reshape(1, out, -1), None, None, [weight=gain.view(-1)],
@@ -101,11 +107,11 @@ def _find_standardised(A: _Analyzer, graph) -> None:
         inside = {c.name for c in chain} | {node.name}
         if any(u.name not in inside for c in chain for u in c.users):
             continue   # the weight is used elsewhere too: not only a standardised conv
-        A.standardised[node.name] = (name, m, tuple(extra))
-        A.weight_nodes.update(c.name for c in chain)
+        A.std.convs[node.name] = (name, m, tuple(extra))
+        A.std.weight_nodes.update(c.name for c in chain)
 
 
-def _weight_owner(A: _Analyzer, node):
+def _weight_owner(A: Analyzer, node):
     """(name, module) owning the weight (and the bias, if any) of F.conv*d / F.linear."""
     name, m = _fx_owner(A, _arg(node.args, node.kwargs, 1, "weight"), "weight")
     bias = _arg(node.args, node.kwargs, 2, "bias")
@@ -114,7 +120,7 @@ def _weight_owner(A: _Analyzer, node):
     return name, m
 
 
-def _fx_batch_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
+def _fx_batch_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     names = {}
     for i, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
         arg = _arg(node.args, node.kwargs, i, key)
@@ -133,7 +139,7 @@ def _fx_batch_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
     return handler_for(m).analyse(A, node, name, m, x)
 
 
-def _fx_group_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
+def _fx_group_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     groups, weight, bias = group_norm_args(node.args, node.kwargs, native=False)
     name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
     if m is None or rule_of(m) != "gn" or groups != m.num_groups or \
@@ -142,9 +148,9 @@ def _fx_group_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
     return handler_for(m).analyse(A, node, name, m, x)
 
 
-def _fx_conv(A: _Analyzer, node, fn, x: Val, args, kwargs):
-    if node.name in A.standardised:
-        name, m, extra = A.standardised[node.name]
+def _fx_conv(A: Analyzer, node, fn, x: Val, args, kwargs):
+    if node.name in A.std.convs:
+        name, m, extra = A.std.convs[node.name]
         if conv_groups(args, kwargs, fn.__name__) != handler_for(m).channels(m).groups:
             return None
         out = handler_for(m).analyse(A, node, name, m, x)
@@ -159,12 +165,12 @@ def _fx_conv(A: _Analyzer, node, fn, x: Val, args, kwargs):
     return handler_for(m).analyse(A, node, name, m, x)
 
 
-def _fx_linear(A: _Analyzer, node, fn, x: Val, args, kwargs):
+def _fx_linear(A: Analyzer, node, fn, x: Val, args, kwargs):
     name, m = _weight_owner(A, node)
     return handler_for(m).analyse(A, node, name, m, x) if m is not None and rule_of(m) == "linear" else None
 
 
-def _fx_layer_norm(A: _Analyzer, node, fn, x: Val, args, kwargs):
+def _fx_layer_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     shape = _arg(node.args, node.kwargs, 1, "normalized_shape")
     weight, bias = _arg(node.args, node.kwargs, 2, "weight"), _arg(node.args, node.kwargs, 3, "bias")
     name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
@@ -216,7 +222,7 @@ def _as_layout(x: Val, dim: int, rank: int) -> Optional[Val]:
     return None
 
 
-def _cat_tokens(A: _Analyzer, node, args, kwargs):
+def _cat_tokens(A: Analyzer, node, args, kwargs):
     """``torch.cat`` of token or channels-last layouts along a dimension that is not the
     channels' (a class token prepended): the pieces' channels are one, joined; a parameter
     among them (the class token) is pruned with them. None for other concatenations."""
@@ -232,13 +238,13 @@ def _cat_tokens(A: _Analyzer, node, args, kwargs):
     if dim % x.rank == x.rank - 1 or any(not A.compatible(x.segs, v.segs) or v.rank != x.rank for v in acts):
         return None
     for v in acts[1:]:
-        x = A._joined("add", x, v)
+        x = A.joined("add", x, v)
     for p in params:
         A.param_member(node, "cat", replace(x, last=True), p)
     return replace(x, last=True, rank=acts[0].rank)
 
 
-def _layout(A: _Analyzer, node, args, kwargs):
+def _layout(A: Analyzer, node, args, kwargs):
     """Layout ops the table's rules do not cover: a permute between channels at dim 1 and
     channels last; a view of a parameter read by get_attr; a product or sum with such a
     parameter (a layer scale: the parameter is pruned with the channels); a residual sum or
@@ -308,7 +314,7 @@ def _layout(A: _Analyzer, node, args, kwargs):
         big = [d for d, n in enumerate(shape or ()) if n != 1]
         was = [d for d, n in enumerate(before or ()) if n != 1]
         if len(big) == 1 and len(was) == 1 and name != "expand":   # a per-channel vector, viewed
-            entries = _heads._shape_entries(node)
+            entries = shape_entries(node)
             fixed = [(path, v) for path, v in entries if isinstance(v, int) and v == shape[big[0]] > 1]
             if len(entries) != len(shape) or len(fixed) > 1:
                 return A.opaque(node, f"the module attribute {x.param[0]} is viewed in a way not understood")
@@ -325,7 +331,7 @@ def _layout(A: _Analyzer, node, args, kwargs):
     return None
 
 
-def _layout_binary(A: _Analyzer, node, kind: str, a, b):
+def _layout_binary(A: Analyzer, node, kind: str, a, b):
     """A product or sum with a parameter (a member), or of two channels-last / token
     layouts (joined); None for the other rules."""
     ta = isinstance(a, Val) and a.tensor
@@ -338,7 +344,7 @@ def _layout_binary(A: _Analyzer, node, kind: str, a, b):
     return None
 
 
-def _with_statistic(A: _Analyzer, node, name: str, a, b):
+def _with_statistic(A: Analyzer, node, name: str, a, b):
     """An op with a statistic over all of some channels (``x_g / (x_g.mean(1) + eps)``),
     whose channels are left alone unless approximate (removing one changes it): broadcast
     over the channels it meets, a number per sample; zero stays zero in a product or in a
@@ -355,7 +361,7 @@ def _with_statistic(A: _Analyzer, node, name: str, a, b):
         return A.unary(other, False, f"{node.name} (adds {stat.stat})")
     return other
 
-def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
+def _fx_functional(A: Analyzer, node, rule: str, fn, x: Val, args, kwargs):
     """Functional spellings of a supported layer on its own module's tensors, as subclasses
     of the torch.nn layers call them from their forward (timm's BatchNormAct2d: F.batch_norm
     on self.running_mean ... self.bias): the layer's rule, or None when the call does not
@@ -364,7 +370,7 @@ def _fx_functional(A: _Analyzer, node, rule: str, fn, x: Val, args, kwargs):
     return layer(A, node, fn, x, args, kwargs) if layer is not None else None
 
 
-def _call_module(A: _Analyzer, node, c: Call, rule):
+def _call_module(A: Analyzer, node, c: Call, rule):
     m, x, args, kwargs = c.target, c.x, c.args, c.kwargs
     if not isinstance(x, Val) or not x.tensor:
         return A.unknown(node, type(m).__name__, (args, kwargs))
@@ -394,8 +400,8 @@ def _call(kind: str, target, args, kwargs, node) -> Call:
     return Call("function", target, args, kwargs, x, fname, fname, node.name)
 
 
-def _visit_fx(A: _Analyzer, node, gm):
-    if node.name in A.weight_nodes:
+def _visit_fx(A: Analyzer, node, gm):
+    if node.name in A.std.weight_nodes:
         return NOT_TENSOR
     args = _map_args(node.args, A.vals)
     kwargs = _map_args(node.kwargs, A.vals)
@@ -458,7 +464,7 @@ def _visit_fx(A: _Analyzer, node, gm):
     if rule in _ANY_FIRST_ARG:
         return apply(A, node, rule, c)
     if not tensor_in:
-        if not A._segs((args, kwargs)):
+        if not A.segs_of((args, kwargs)):
             return NOT_TENSOR     # arithmetic on sizes
         return A.unknown(node, fname, (args, kwargs))
     if kwargs.get("return_indices"):

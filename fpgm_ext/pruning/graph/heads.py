@@ -23,61 +23,23 @@ leaves its channels alone, by name (so do attention masks per head).
 """
 from __future__ import annotations
 
+
 import operator
 from dataclasses import replace
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from .analyzer import _Analyzer
+from .nodes import op_name, reshape_like, shape_entries
 from .model import NOT_TENSOR, HeadOp, Heads, Seg, Tup, Val
 
 
-def reshape_like(node) -> bool:
-    """Whether an fx node is a reshape (``reshape``, ``view``, ``torch.reshape``), by its
-    spelling alone: counted in order to find one again in another trace (plan.py)."""
-    if node.op == "call_method":
-        return node.target in ("reshape", "view")
-    return node.op == "call_function" and node.target is torch.reshape
+if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
+    from .analyzer import Analyzer
 
 
-def _shape_entries(node) -> List[Tuple[Tuple[int, ...], Any]]:
-    """The shape arguments of a reshape node: (path into node.args, value) per entry."""
-    args = node.args
-    if len(args) == 2 and isinstance(args[1], (tuple, list)):
-        return [((1, j), v) for j, v in enumerate(args[1])]
-    return [((i,), v) for i, v in enumerate(args[1:], start=1)]
-
-
-def reads_own_size(A, node, value, x) -> bool:
-    """Whether the reshape ``node``'s size argument ``value`` is -1 or is read at run time
-    from the channels of the reshaped tensor (whose layout is ``x``), or of one tensor
-    whose channels the analysis must then find joined with ``x``'s, space for space
-    (``A.size_links``, checked once the walk is done): so that the pruned model computes
-    the pruned size. A constant, or a size of channels pruned differently, would not. A
-    read it accepts is approved for this reshape (sizes.py)."""
-    if isinstance(value, int):
-        return value == -1
-    if not isinstance(value, torch.fx.Node):
-        return False
-    read = A.size_reads.channels_read(value)
-    if len(read) != 1 or {t for t, _ in A.size_reads.reads(value)} != set(read):
-        return False
-    if read[0] != node.args[0].name:
-        other = A.vals.get(read[0])
-        if not isinstance(other, Val) or not A.compatible(other.segs, x.segs):
-            return False
-        A.size_links.append((tuple(x.segs), tuple(other.segs), value.name))
-    A.size_ok.add((value.name, node.name))
-    return True
-
-
-def _name(node) -> str:
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-
-
-def visit(A: _Analyzer, node, args, kwargs, module: Optional[nn.Module] = None):
+def visit(A: Analyzer, node, args, kwargs, module: Optional[nn.Module] = None):
     """The output of ``node`` where attention heads are involved, else None (the other
     rules apply)."""
     vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, Val) and v.tensor]
@@ -86,7 +48,7 @@ def visit(A: _Analyzer, node, args, kwargs, module: Optional[nn.Module] = None):
             return _split_heads(A, node, args[0])
         return None
     x = args[0] if args and isinstance(args[0], Val) else None
-    name = _name(node)
+    name = op_name(node)
     if name == "getattr" or (node.op == "call_method" and name in ("size", "dim")):
         return NOT_TENSOR   # a shape query
     if module is not None:
@@ -151,7 +113,7 @@ def _group(x: Val, g: int, dim: int) -> Val:
                heads=Heads(roles, 1, x.heads.heads, x.heads.dim, x.heads.node))
 
 
-def _split_heads(A: _Analyzer, node, x: Val) -> Optional[Val]:
+def _split_heads(A: Analyzer, node, x: Val) -> Optional[Val]:
     """``reshape`` of a Linear's last dimension W into [..., G, H, D] or [..., H, D]: a
     value laid out in heads, each group (q, k, v) one sub-space of the Linear's output.
     None (the reshape is left alone by the other rules) where the shapes say otherwise."""
@@ -166,7 +128,7 @@ def _split_heads(A: _Analyzer, node, x: Val) -> Optional[Val]:
     g, h, d = (after[-3:] if extra == 2 else (1,) + after[-2:])
     if g * h * d != width or h < 2:
         return None
-    entries = _shape_entries(node)
+    entries = shape_entries(node)
     if len(entries) != len(after):
         return None
     path, value = entries[len(after) - 2]
@@ -179,11 +141,11 @@ def _split_heads(A: _Analyzer, node, x: Val) -> Optional[Val]:
         return A.unknown(node, "reshape into heads of channels cut inside a group", x)
     roles = ("",) * (len(before) - 1) + (("g", "h", "d") if extra == 2 else ("h", "d"))
     if value == h:
-        A.head_ops[node.name] = HeadOp("heads", tuple(path), h, x.segs[-1].space, d, A.reshape_index.get(node.name, -1))
+        A.head_ops[node.name] = HeadOp("heads", tuple(path), h, x.segs[-1].space, d, A.index.reshapes.get(node.name, -1))
     return Val(x.segs, 1, len(after), heads=Heads(roles, g, h, d, node.name))
 
 
-def _attention(A: _Analyzer, node, args, kwargs) -> Val:
+def _attention(A: Analyzer, node, args, kwargs) -> Val:
     """F.scaled_dot_product_attention(q, k, v): head h of the output is zero when head h
     of v is; q, k and v lose the same heads (their spaces are joined, in units of heads)."""
     names = ("query", "key", "value")
@@ -203,7 +165,7 @@ def _attention(A: _Analyzer, node, args, kwargs) -> Val:
     return A.unknown(node, "scaled_dot_product_attention", (args, kwargs))
 
 
-def _matmul(A: _Analyzer, node, a, b) -> Val:
+def _matmul(A: Analyzer, node, a, b) -> Val:
     """Attention spelled out: ``q @ k.transpose(-2, -1)`` (an attention map per head,
     ``Heads.scores``; q and k lose the same heads) and ``attn @ v`` (as
     ``scaled_dot_product_attention``: head h of the output is zero when head h of v is,
@@ -225,7 +187,7 @@ def _matmul(A: _Analyzer, node, a, b) -> Val:
     return A.unknown(node, "matmul on attention heads", (a, b))
 
 
-def _on_scores(A: _Analyzer, node, name: str, x: Val, args, kwargs, vals) -> Optional[Val]:
+def _on_scores(A: Analyzer, node, name: str, x: Val, args, kwargs, vals) -> Optional[Val]:
     """An op on an attention map that keeps each head's map its own: a softmax not over
     the heads; a sum or product with a tensor broadcast over the heads (a mask, a bias
     shared by the heads). A pruned head's map may be anything: ``attn @ v`` reads its v,
@@ -264,7 +226,7 @@ def _timm(node, name: str) -> bool:
         getattr(node.target, "__module__", "").startswith("timm.")
 
 
-def _merge_heads(A: _Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:
+def _merge_heads(A: Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:
     """[..., H, D] -> [..., H * D] (a reshape or a flatten of the last two dimensions):
     the heads' channels back in the last dimension, for the output projection."""
     before, after = A.shapes.get(node.args[0].name), A.shapes.get(node.name)
@@ -273,16 +235,16 @@ def _merge_heads(A: _Analyzer, node, x: Val, args, kwargs) -> Optional[Val]:
             or not isinstance(after, tuple) or after != before[:-2] + (heads.heads * heads.dim,):
         return None
     if reshape_like(node):
-        entries = _shape_entries(node)
+        entries = shape_entries(node)
         if len(entries) != len(after):
             return None
         path, value = entries[-1]
         if isinstance(value, torch.fx.Node) or value == heads.heads * heads.dim:
             was = None if isinstance(value, torch.fx.Node) else value
             if was is None:     # read at run time: the plan writes it as a constant
-                A.size_ok.add((value.name, node.name))
+                A.sizes.ok.add((value.name, node.name))
             A.head_ops[node.name] = HeadOp("merge_heads", tuple(path), was, x.segs[0].space, heads.dim,
-                                           A.reshape_index.get(node.name, -1))
+                                           A.index.reshapes.get(node.name, -1))
         elif value != -1:
             return None
     elif not (len(args) == 2 and isinstance(args[1], int) and args[1] % len(before) == len(before) - 2

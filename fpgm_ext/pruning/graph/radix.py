@@ -25,20 +25,26 @@ a softmax over 'r', a product with another such value, transposes that keep 'r' 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from dataclasses import replace
 from typing import List, Optional
 
-from .analyzer import _Analyzer
-from .heads import _name, _shape_entries, reads_own_size, reshape_like
+from .nodes import op_name, reshape_like, shape_entries
+from .sizes import reads_own_size
 from .model import NOT_TENSOR, Radix, Seg, Val
 
 
-def visit(A: _Analyzer, node, args, kwargs):
+if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
+    from .analyzer import Analyzer
+
+
+def visit(A: Analyzer, node, args, kwargs):
     """The output of ``node`` where a radix layout is involved, else None."""
     if A.tracer != "fx":
         return None
-    name = _name(node)
+    name = op_name(node)
     vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, Val) and v.tensor]
     if name == "stack" and node.op == "call_function":
         return _stack(A, node, args, kwargs)
@@ -77,8 +83,8 @@ def visit(A: _Analyzer, node, args, kwargs):
     return A.unknown(node, f"{name} on radix groups", (args, kwargs))
 
 
-def _found(A: _Analyzer, segs) -> None:
-    A.radix_found.update(A.spaces[s.space].producer for s in segs)
+def _found(A: Analyzer, segs) -> None:
+    A.radix.found.update(A.spaces[s.space].producer for s in segs)
 
 
 def _items(x: Val) -> List[tuple]:
@@ -86,7 +92,7 @@ def _items(x: Val) -> List[tuple]:
     return [x.segs[i * k:(i + 1) * k] for i in range(x.radix.groups)]
 
 
-def _join(A: _Analyzer, x: Val) -> None:
+def _join(A: Analyzer, x: Val) -> None:
     """The R groups lose the same channels: their spaces joined, seg by seg."""
     items = _items(x)
     for item in items[1:]:
@@ -94,7 +100,7 @@ def _join(A: _Analyzer, x: Val) -> None:
             A.union(a.space, b.space)
 
 
-def _stack(A: _Analyzer, node, args, kwargs) -> Optional[Val]:
+def _stack(A: Analyzer, node, args, kwargs) -> Optional[Val]:
     items = args[0] if args else kwargs.get("tensors")
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     if not isinstance(items, (list, tuple)) or not any(isinstance(v, Val) and v.tensor for v in items):
@@ -110,7 +116,7 @@ def _stack(A: _Analyzer, node, args, kwargs) -> Optional[Val]:
     return Val(tuple(s for v in items for s in v.segs), 1, rank, radix=Radix(roles, len(items)))
 
 
-def _split(A: _Analyzer, node, x: Val) -> Optional[Val]:
+def _split(A: Analyzer, node, x: Val) -> Optional[Val]:
     """[B, R * C, ...] reshaped into [B, (1,) R, (1,) C, ...]: the channels of dim 1 as
     R radix groups (cut at multiples of C at the next pass), C read at run time."""
     before, after = A.shapes.get(node.args[0].name), A.shapes.get(node.name)
@@ -130,7 +136,7 @@ def _split(A: _Analyzer, node, x: Val) -> Optional[Val]:
     if len(big) != 2 or sizes[big[0]] < 2:
         return None
     r, c = sizes[big[0]], sizes[big[1]]
-    entries = _shape_entries(node)
+    entries = shape_entries(node)
     if len(entries) != len(after):
         return None
     value = entries[1 + big[1]][1]
@@ -147,7 +153,7 @@ def _split(A: _Analyzer, node, x: Val) -> Optional[Val]:
     return Val(x.segs, 1, len(after), radix=Radix(roles, r))
 
 
-def _product(A: _Analyzer, node, a: Val, b: Val) -> Val:
+def _product(A: Analyzer, node, a: Val, b: Val) -> Val:
     """x * attention, both laid out in the same radix groups (broadcasting over '1' and
     spatial dims): joined channel for channel, zero where either is."""
     ra, rb = a.radix, b.radix
@@ -163,7 +169,7 @@ def _product(A: _Analyzer, node, a: Val, b: Val) -> Val:
     return replace(a, segs=tuple(segs))
 
 
-def _sum(A: _Analyzer, node, x: Val, dim: int) -> Val:
+def _sum(A: Analyzer, node, x: Val, dim: int) -> Val:
     """The sum over the radix groups: joined (as a residual addition joins its operands),
     the channels back at dim 1."""
     roles = x.radix.roles[:dim] + x.radix.roles[dim + 1:]
@@ -176,7 +182,7 @@ def _sum(A: _Analyzer, node, x: Val, dim: int) -> Val:
     return Val(segs, 1, None if x.rank is None else x.rank - 1)
 
 
-def _merge(A: _Analyzer, node, x: Val) -> Optional[Val]:
+def _merge(A: Analyzer, node, x: Val) -> Optional[Val]:
     """[B, ..., R, ..., C, ...] with only '1' dims besides: one channel dimension again,
     R-major (a reshape or flatten of everything after the batch dimension)."""
     before, after = A.shapes.get(node.args[0].name), A.shapes.get(node.name)
@@ -186,7 +192,7 @@ def _merge(A: _Analyzer, node, x: Val) -> Optional[Val]:
             or not isinstance(after, tuple) or after != (before[0], math.prod(before[1:])):
         return None
     if reshape_like(node):
-        entries = _shape_entries(node)
+        entries = shape_entries(node)
         if len(entries) != 2 or not reads_own_size(A, node, entries[1][1], x):
             return None
     return Val(x.segs, 1, 2)

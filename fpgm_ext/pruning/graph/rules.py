@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from ..layers import rule_of
 
 RULES = {
-    # layers: the op computes with one module's own tensors (dedicated _Analyzer methods)
+    # layers: the op computes with one module's own tensors (dedicated Analyzer methods)
     "conv": "a convolution: its filters are a new space (grouped: tied to its input by group)",
     "linear": "a Linear: its features are a new space ([N, features], or a last dimension)",
     "bn": "BatchNorm: per-channel tensors, pruned with its input's channels",
@@ -350,18 +350,3 @@ def channel_ranges(c: Call, size: Optional[int]):
         ranges.append((at, at + v))
         at += v
     return dim, ranges
-
-
-def split_like(node) -> bool:
-    """Whether an fx node is a call that may split channels (split, chunk, narrow, or an
-    indexing with a slice at dim 1), by its spelling alone: the same nodes in a trace of
-    the model in train and in eval mode, counted in order to find a split again."""
-    if node.op == "call_method":
-        return node.target in ("split", "split_with_sizes", "chunk", "narrow")
-    if node.op != "call_function":
-        return False
-    if node.target in (torch.split, torch.chunk, torch.narrow):
-        return True
-    idx = node.args[1] if node.target is operator.getitem and len(node.args) > 1 else None
-    return isinstance(idx, tuple) and len(idx) >= 2 and isinstance(idx[1], slice)
-

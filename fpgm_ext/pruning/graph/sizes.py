@@ -5,7 +5,7 @@ them: in reshapes, in scales (``C ** -0.5``), in asserts, in new tensors. Once `
 channels, every such use sees the pruned count. The analysis understands some of them:
 a reshape whose channel count is its own input's (or one joined with it), and the heads'
 merge width, which the plan writes as a constant. Those uses are approved as they are
-visited (``A.size_ok``: (size node, user node) pairs); after the walk, a channel count
+visited (``A.sizes.ok``: (size node, user node) pairs); after the walk, a channel count
 that reaches any other use keeps the channels it was read from whole, by name (timm's
 LambdaLayer: ``out.reshape(B, C, H, W)`` with ``C`` its input's channels, not its
 output's). Export graphs hold no such reads: their sizes are constants.
@@ -141,8 +141,31 @@ def check(A, graph) -> None:
         if sizes.of(user) is not None:
             continue            # arithmetic on sizes: its own uses are checked
         for value in user.all_input_nodes:
-            if (value.name, user.name) in A.size_ok:
+            if (value.name, user.name) in A.sizes.ok:
                 continue
             for t in sizes.channels_read(value):
                 A.freeze(A.vals[t], f"{READ_AT_RUN_TIME} (node {value.name}) and used "
                                     f"where the pruned count would change the result (node {user.name})")
+
+
+def reads_own_size(A, node, value, x) -> bool:
+    """Whether the reshape ``node``'s size argument ``value`` is -1 or is read at run time
+    from the channels of the reshaped tensor (whose layout is ``x``), or of one tensor
+    whose channels the analysis must then find joined with ``x``'s, space for space
+    (``A.sizes.links``, checked once the walk is done): so that the pruned model computes
+    the pruned size. A constant, or a size of channels pruned differently, would not. A
+    read it accepts is approved for this reshape (sizes.py)."""
+    if isinstance(value, int):
+        return value == -1
+    if not isinstance(value, torch.fx.Node):
+        return False
+    read = A.sizes.reads.channels_read(value)
+    if len(read) != 1 or {t for t, _ in A.sizes.reads.reads(value)} != set(read):
+        return False
+    if read[0] != node.args[0].name:
+        other = A.vals.get(read[0])
+        if not isinstance(other, Val) or not A.compatible(other.segs, x.segs):
+            return False
+        A.sizes.links.append((tuple(x.segs), tuple(other.segs), value.name))
+    A.sizes.ok.add((value.name, node.name))
+    return True

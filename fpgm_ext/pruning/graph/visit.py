@@ -4,14 +4,19 @@ the tensor ops, keyed by the table's rule names (rules.py). Each rule reads its 
 through the table's helper for that rule, the same for both tracers."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from typing import Callable, Dict
 
 import torch
 
-from .analyzer import _Analyzer
 from .model import NOT_TENSOR, Tup, Val
 from .rules import (Call, cat_args, channel_ranges, clamp_bounds, flatten_dims, hardtanh_bounds,
                     other_operand, pad_args, reduce_dims, slice_dim, view_shape)
+
+
+if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
+    from .analyzer import Analyzer
 
 
 def _map_args(a, vals):
@@ -27,7 +32,7 @@ def _map_args(a, vals):
 # A value laid out along its last dimension (Val.last) goes only through ops that act on
 # each element alone (the table's ``elementwise``), into a Linear; anything else (pooling,
 # reshapes, reductions, additions, norms) leaves its channels alone, by name.
-def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear, layout_rule=None):
+def _last_axis(A: Analyzer, node, args, kwargs, elementwise: bool, linear, layout_rule=None):
     """The rule for an op some of whose inputs are laid out along their last dimension:
     None when no input is; the input itself through an elementwise op (its only tensor);
     ``linear()`` for a Linear (which knows the layout); ``layout_rule()`` for an op on
@@ -46,25 +51,25 @@ def _last_axis(A: _Analyzer, node, args, kwargs, elementwise: bool, linear, layo
     return A.unknown(node, f"{what} on a last-dimension layout", (args, kwargs))
 
 
-def _pass(A: _Analyzer, node, c: Call):
+def _pass(A: Analyzer, node, c: Call):
     if c.kind == "module" and getattr(c.target, "return_indices", False):   # max pools
         return A.unknown(node, f"{type(c.target).__name__}(return_indices=True)", c.x)
     return c.x
 
 
-def _hardtanh(A: _Analyzer, node, c: Call):
+def _hardtanh(A: Analyzer, node, c: Call):
     lo, hi = hardtanh_bounds(c)
     return A.hardtanh(c.x, lo, hi, f"{c.who} ({'Hardtanh' if c.kind == 'module' else 'hardtanh'})")
 
 
-def _slice(A: _Analyzer, node, c: Call):
+def _slice(A: Analyzer, node, c: Call):
     dim, x = slice_dim(c), c.x
     if x.rank is not None and x.factor == 1 and dim % x.rank >= 2:
         return x
     return A.unknown(node, c.label, x)
 
 
-def _split(A: _Analyzer, node, c: Call):
+def _split(A: Analyzer, node, c: Call):
     x = c.x
     found = channel_ranges(c, A.size(x)) if isinstance(x, Val) and x.tensor else None
     rank = x.rank if isinstance(x, Val) else None
@@ -99,6 +104,6 @@ TENSOR_RULES: Dict[str, Callable] = {
 }
 
 
-def apply(A: _Analyzer, node, rule: str, c: Call):
+def apply(A: Analyzer, node, rule: str, c: Call):
     """The output of ``node``, a call of a tensor op that follows ``rule``."""
     return TENSOR_RULES[rule](A, node, c)

@@ -8,6 +8,9 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..graph.nodes import reshape_like, split_like
+from ..graph.rules import piece_sizes
+from ..graph.tracing import _fx_trace
 from .edits import ReshapeEdit, SplitEdit, edits_of
 
 
@@ -43,8 +46,6 @@ def rewrite_graph(model: nn.Module, graph: Dict[str, Dict]) -> nn.Module:
     """The pruned model as a ``PrunedGraph``: its fx traces in train and in eval mode with
     the plan's edits. Each edit finds its node again by its place among the trace's
     split-like nodes or reshapes, and checks that the node holds the old sizes."""
-    from ..graph.tracing import _fx_trace
-
     flags = [(m, m.training) for m in model.modules()]
     graphs = {}
     try:
@@ -61,9 +62,6 @@ def rewrite_graph(model: nn.Module, graph: Dict[str, Dict]) -> nn.Module:
 
 
 def _edit_trace(gm: torch.fx.GraphModule, edits, model_name: str, mode: bool) -> None:
-    from ..graph.heads import reshape_like
-    from ..graph.rules import split_like
-
     splits = [n for n in gm.graph.nodes if split_like(n)]
     reshapes = [n for n in gm.graph.nodes if reshape_like(n)]
     for name, e in edits:
@@ -108,8 +106,6 @@ def _rewrite_reshape(n, e: ReshapeEdit) -> bool:
 def _rewrite_split(n, e: SplitEdit) -> bool:
     """Gives fx node ``n`` the sizes of edit ``e``; False if ``n`` is not the split the
     edit was made for (its constants do not give the edit's old sizes)."""
-    from ..graph.rules import piece_sizes
-
     args, kwargs = list(n.args), dict(n.kwargs)
     arg = lambda i, key, default=None: args[i] if len(args) > i else kwargs.get(key, default)  # noqa: E731
     name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
