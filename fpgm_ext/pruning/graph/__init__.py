@@ -77,7 +77,8 @@ from torch import nn
 
 from .analyzer import Analyzer
 from .export import _visit_export
-from .fx import _find_standardised, _visit_fx
+from .functional import find_standardised
+from .fx import _visit_fx
 from .sizes import check as check_size_reads
 from .state import NodeIndex
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
@@ -120,7 +121,7 @@ MAX_PASSES = 8
 def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -> Analyzer:
     A = Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()}, radix)
     if tracer == "fx":
-        _find_standardised(A, graph)
+        find_standardised(A, graph)
         A.index = NodeIndex.of(graph)
     for node in graph.nodes:
         if tracer == "fx":

@@ -40,9 +40,9 @@ if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
     from .analyzer import Analyzer
 
 
-def visit(A: Analyzer, node, args, kwargs):
-    """The output of ``node`` where a radix layout is involved, else None."""
-    if A.tracer != "fx":
+def visit(A: Analyzer, node, args, kwargs, module=None):
+    """The output of ``node`` where a radix layout is involved, else None (and for modules)."""
+    if A.tracer != "fx" or module is not None:
         return None
     name = op_name(node)
     vals = [v for v in list(args) + list(kwargs.values()) if isinstance(v, Val) and v.tensor]
