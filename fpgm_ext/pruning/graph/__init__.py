@@ -77,7 +77,10 @@ from torch import nn
 
 from .analyzer import Analyzer
 from .export import _visit_export
-from .functional import find_standardised
+from ..layers import registered_handlers
+from ..rule import LAYERS, Rule
+from .export import LAYER_CALLS as EXPORT_LAYER_CALLS
+from .functional import LAYER_CALLS as FX_LAYER_CALLS, find_standardised
 from .fx import _visit_fx
 from .sizes import check as check_size_reads
 from .state import NodeIndex
@@ -85,6 +88,7 @@ from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of
 from .tracing import TraceFailure, no_trace_constants, trace
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
+from .visit import TENSOR_RULES
 
 __all__ = ["Analysis", "Group", "Space", "Use", "Val", "Seg", "Tup", "NOT_TENSOR", "TraceFailure",
            "analyse", "trace", "RULES", "TABLE", "Entry", "entry_of"]
@@ -116,6 +120,25 @@ def _analyse(model, example_inputs, method, flops) -> Analysis:
 
 
 MAX_PASSES = 8
+
+
+def check_rules() -> None:
+    """Every rule has what applies it: a tensor rule its function (visit.py), a layer rule
+    a registered handler (layers/) and, for each of its functional and aten spellings in
+    the table, the call that finds its module (functional.py, export.py)."""
+    for rule in Rule:
+        if rule not in LAYERS and rule not in TENSOR_RULES:
+            raise AssertionError(f"fpgm_ext: the rule {rule.value} has no function in graph/visit.py")
+        if rule in LAYERS and not any(h.rule == rule for h in registered_handlers()):
+            raise AssertionError(f"fpgm_ext: the layer rule {rule.value} has no registered layer handler")
+    for (kind, spelling), entry in TABLE.items():
+        calls = {"function": FX_LAYER_CALLS, "aten": EXPORT_LAYER_CALLS}.get(kind)
+        if entry.rule in LAYERS and calls is not None and entry.rule not in calls:
+            raise AssertionError(f"fpgm_ext: {kind} {spelling!r} follows the layer rule {entry.rule.value}, "
+                                 "which no call finds the module of")
+
+
+check_rules()
 
 
 def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -> Analyzer:

@@ -9,6 +9,7 @@ import operator
 
 import torch
 
+from ..rule import Rule
 from .model import NOT_TENSOR, Tup, Val
 from .rules import Call, _arg, conv_groups, entry_of, group_norm_args
 from ..layers import handler_for, rule_of
@@ -76,10 +77,10 @@ def _prelu(A: Analyzer, node, c: Call):
     return handler_for(m).analyse(A, node, name, m, c.x)
 
 
-_LAYERS = {"conv": _conv, "linear": _linear, "bn": _batch_norm, "gn": _group_norm, "prelu": _prelu}
+LAYER_CALLS = {Rule.CONV: _conv, Rule.LINEAR: _linear, Rule.BN: _batch_norm, Rule.GN: _group_norm, Rule.PRELU: _prelu}
 # Rules applied whatever the first argument is: the layers check their input themselves,
 # cat's is a list; every other op's first argument must be a tensor.
-_ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat"} | set(_LAYERS)
+_ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat"} | set(LAYER_CALLS)
 
 
 def _visit_export(A: Analyzer, node, user_inputs):
@@ -105,8 +106,8 @@ def _visit_export(A: Analyzer, node, user_inputs):
             return out
     x = args[0] if args else None
     c = Call("aten", target, args, kwargs, x, opname, str(target), node.name)
-    if rule in _LAYERS:
-        return _LAYERS[rule](A, node, c)
+    if rule in LAYER_CALLS:
+        return LAYER_CALLS[rule](A, node, c)
     if rule in _ANY_FIRST_ARG:
         return apply(A, node, rule, c)
     if not (isinstance(x, Val) and x.tensor):

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from ..layers import handler_for, rule_of
+from ..rule import Rule
 from .model import Val
 from .rules import _arg, conv_groups, group_norm_args, spellings
 
@@ -172,8 +173,8 @@ def _fx_layer_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     return handler_for(m).analyse(A, node, name, m, x)
 
 
-_FX_LAYERS = {"bn": _fx_batch_norm, "gn": _fx_group_norm, "ln": _fx_layer_norm, "conv": _fx_conv,
-              "linear": _fx_linear}
+LAYER_CALLS = {Rule.BN: _fx_batch_norm, Rule.GN: _fx_group_norm, Rule.LN: _fx_layer_norm, Rule.CONV: _fx_conv,
+              Rule.LINEAR: _fx_linear}
 
 
 def functional(A: Analyzer, node, rule: str, fn, x: Val, args, kwargs):
@@ -181,5 +182,5 @@ def functional(A: Analyzer, node, rule: str, fn, x: Val, args, kwargs):
     of the torch.nn layers call them from their forward (timm's BatchNormAct2d: F.batch_norm
     on self.running_mean ... self.bias): the layer's rule, or None when the call does not
     use exactly one module's tensors as that module would."""
-    layer = _FX_LAYERS.get(rule)
+    layer = LAYER_CALLS.get(rule)
     return layer(A, node, fn, x, args, kwargs) if layer is not None else None

@@ -30,84 +30,84 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..layers import rule_of
+from ..rule import LAYERS, Rule  # noqa: F401 (LAYERS: the layer rules, re-exported)
 
 RULES = {
     # layers: the op computes with one module's own tensors (dedicated Analyzer methods)
-    "conv": "a convolution: its filters are a new space (grouped: tied to its input by group)",
-    "linear": "a Linear: its features are a new space ([N, features], or a last dimension)",
-    "bn": "BatchNorm: per-channel tensors, pruned with its input's channels",
-    "gn": "GroupNorm: its input's spaces pruned in whole GN groups",
-    "ln": "LayerNorm over the channels: per-channel tensors; approximate (its statistics change)",
-    "prelu": "PReLU: per-channel slopes (one slope: passes)",
-    "shortcut": "PadShortcut: a space of its own, fed by its input's",
-    "constant_pad": "a ConstantPad module: keeps zeros when its value is 0",
+    Rule.CONV: "a convolution: its filters are a new space (grouped: tied to its input by group)",
+    Rule.LINEAR: "a Linear: its features are a new space ([N, features], or a last dimension)",
+    Rule.BN: "BatchNorm: per-channel tensors, pruned with its input's channels",
+    Rule.GN: "GroupNorm: its input's spaces pruned in whole GN groups",
+    Rule.LN: "LayerNorm over the channels: per-channel tensors; approximate (its statistics change)",
+    Rule.PRELU: "PReLU: per-channel slopes (one slope: passes)",
+    Rule.SHORTCUT: "PadShortcut: a space of its own, fed by its input's",
+    Rule.CONSTANT_PAD: "a ConstantPad module: keeps zeros when its value is 0",
     # tensor ops
-    "pass": "the channels pass unchanged and zero stays zero",
-    "nonzero": "the channels pass, but a zero comes out non-zero (sigmoid, exp)",
-    "hardtanh": "clamps to [min_val, max_val]: keeps zeros when 0 is inside",
-    "clamp": "clamps to [min, max]: keeps zeros when 0 is inside",
-    "pad": "pads the spatial dims (constant: with zeros only)",
-    "add": "addition or subtraction: the operands' channels are joined (a residual)",
-    "mul": "a product: the operands' channels are joined (a squeeze-excitation scale)",
-    "div": "division by a number",
-    "cat": "concatenation along channels: the spaces side by side",
-    "flatten": "flattening from dim 1: each channel becomes the features it spans",
-    "view": "a view or reshape: unchanged, or a flatten from dim 1, by the shapes",
-    "reduce": "a reduction over dims other than the batch and the channels",
-    "slice": "a slice of a spatial dim",
-    "getitem": "an item of a tuple, or a spatial slicing of a tensor",
-    "pool_indices": "a max pool that returns (values, indices)",
-    "split": "split / chunk / narrow along channels (fx): pieces of the layout, their spaces "
+    Rule.PASS: "the channels pass unchanged and zero stays zero",
+    Rule.NONZERO: "the channels pass, but a zero comes out non-zero (sigmoid, exp)",
+    Rule.HARDTANH: "clamps to [min_val, max_val]: keeps zeros when 0 is inside",
+    Rule.CLAMP: "clamps to [min, max]: keeps zeros when 0 is inside",
+    Rule.PAD: "pads the spatial dims (constant: with zeros only)",
+    Rule.ADD: "addition or subtraction: the operands' channels are joined (a residual)",
+    Rule.MUL: "a product: the operands' channels are joined (a squeeze-excitation scale)",
+    Rule.DIV: "division by a number",
+    Rule.CAT: "concatenation along channels: the spaces side by side",
+    Rule.FLATTEN: "flattening from dim 1: each channel becomes the features it spans",
+    Rule.VIEW: "a view or reshape: unchanged, or a flatten from dim 1, by the shapes",
+    Rule.REDUCE: "a reduction over dims other than the batch and the channels",
+    Rule.SLICE: "a slice of a spatial dim",
+    Rule.GETITEM: "an item of a tuple, or a spatial slicing of a tensor",
+    Rule.POOL_INDICES: "a max pool that returns (values, indices)",
+    Rule.SPLIT: "split / chunk / narrow along channels (fx): pieces of the layout, their spaces "
              "cut at the pieces' ends; the pruned model gets the new sizes (a graph rewrite)",
-    "size": "a shape query: not a tensor, and no use of the channels",
-    "scalar": "a result that is not a tensor, read from the tensor's values",
+    Rule.SIZE: "a shape query: not a tensor, and no use of the channels",
+    Rule.SCALAR: "a result that is not a tensor, read from the tensor's values",
 }
-LAYERS = frozenset({"conv", "linear", "bn", "gn", "ln", "prelu", "shortcut", "constant_pad"})
 
 EW = True      # elementwise (see the module docstring)
 
 # (kind, rule, elementwise, spellings); a spelling may appear in one row only
-_ROWS: Tuple[Tuple[str, str, bool, tuple], ...] = (
+_ROWS: Tuple[Tuple[str, Rule, bool, tuple], ...] = (
     # ------------------------------------- layers (their module types: pruning/layers)
-    ("function", "conv", False, (F.conv1d, F.conv2d, F.conv3d)),
-    ("aten", "conv", False, ("conv1d", "conv2d", "conv3d", "convolution")),
-    ("function", "linear", False, (F.linear,)),
-    ("aten", "linear", False, ("linear",)),
-    ("function", "bn", False, (F.batch_norm, torch.batch_norm)),
-    ("aten", "bn", False, ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+    ("function", Rule.CONV, False, (F.conv1d, F.conv2d, F.conv3d)),
+    ("aten", Rule.CONV, False, ("conv1d", "conv2d", "conv3d", "convolution")),
+    ("function", Rule.LINEAR, False, (F.linear,)),
+    ("aten", Rule.LINEAR, False, ("linear",)),
+    ("function", Rule.BN, False, (F.batch_norm, torch.batch_norm)),
+    ("aten", Rule.BN, False, ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
                            "_native_batch_norm_legit_functional", "native_batch_norm")),
-    ("function", "gn", False, (F.group_norm,)),
-    ("aten", "gn", False, ("group_norm", "native_group_norm")),
-    ("function", "ln", False, (F.layer_norm,)),
-    ("aten", "prelu", False, ("_prelu_kernel", "prelu")),
+    ("function", Rule.GN, False, (F.group_norm,)),
+    ("aten", Rule.GN, False, ("group_norm", "native_group_norm")),
+    ("function", Rule.LN, False, (F.layer_norm,)),
+    ("aten", Rule.PRELU, False, ("_prelu_kernel", "prelu")),
     # ----------------------------------------------------- zero stays zero
-    ("module", "pass", EW, (
+    ("module", Rule.PASS, EW, (
         nn.ReLU, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
         nn.Tanh, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Dropout, nn.Dropout1d,
         nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity)),
-    ("module", "pass", False, (   # (a max pool with return_indices=True: not understood)
+    ("module", Rule.PASS, False, (   # (a max pool with return_indices=True: not understood)
         nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
         nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.ReflectionPad1d,
         nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
         nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)),
-    ("function", "pass", EW, (
+    ("function", Rule.PASS, EW, (
         F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
         F.gelu, F.silu, F.mish, F.hardswish, torch.tanh, F.tanh, F.softsign, F.tanhshrink,
         F.hardshrink, F.softshrink, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
         F.alpha_dropout, F.feature_alpha_dropout, torch.clone)),
-    ("function", "pass", False, (
+    ("function", Rule.PASS, False, (
         F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
         F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
         F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
         # zero stays zero, whatever the row's draw
         "torchvision.ops.stochastic_depth.stochastic_depth")),
-    ("method", "pass", EW, ("relu", "relu_", "tanh", "tanh_", "contiguous", "clone", "detach", "to",
+    ("method", Rule.PASS, EW, ("relu", "relu_", "tanh", "tanh_", "contiguous", "clone", "detach", "to",
                             "float", "double", "half", "bfloat16", "type_as", "cpu", "cuda",
                             "requires_grad_")),
-    ("aten", "pass", EW, ("relu", "relu_", "gelu", "silu", "silu_", "hardswish", "mish", "tanh",
+    ("aten", Rule.PASS, EW, ("relu", "relu_", "gelu", "silu", "silu_", "hardswish", "mish", "tanh",
                           "dropout", "clone", "alias", "contiguous")),
-    ("aten", "pass", False, (     # (activations among them were never marked elementwise here)
+    ("aten", Rule.PASS, False, (     # (activations among them were never marked elementwise here)
         "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "gelu_", "mish_",
         "hardswish_", "tanh_", "softshrink", "hardshrink", "dropout_", "feature_dropout",
         "alpha_dropout", "feature_alpha_dropout", "max_pool1d", "max_pool2d", "max_pool3d",
@@ -115,66 +115,66 @@ _ROWS: Tuple[Tuple[str, str, bool, tuple], ...] = (
         "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "adaptive_max_pool1d", "detach", "_to_copy",
         "to", "lift_fresh_copy", "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d",
         "upsample_bilinear2d", "upsample_linear1d", "upsample_trilinear3d")),
-    ("aten", "pool_indices", False, ("max_pool1d_with_indices", "max_pool2d_with_indices",
+    ("aten", Rule.POOL_INDICES, False, ("max_pool1d_with_indices", "max_pool2d_with_indices",
                                      "max_pool3d_with_indices", "adaptive_max_pool2d",
                                      "adaptive_max_pool3d")),
-    ("module", "hardtanh", False, (nn.Hardtanh,)),
-    ("module", "hardtanh", EW, (nn.ReLU6,)),     # Hardtanh(0, 6)
-    ("function", "hardtanh", False, (F.hardtanh, F.hardtanh_)),
-    ("aten", "hardtanh", False, ("hardtanh", "hardtanh_")),
-    ("method", "clamp", False, ("clamp", "clamp_", "clip", "clip_")),
-    ("function", "clamp", False, (torch.clamp, torch.clip)),
-    ("aten", "clamp", False, ("clamp", "clamp_", "clip")),
-    ("function", "pad", False, (F.pad,)),
-    ("aten", "pad", False, ("constant_pad_nd", "pad")),
+    ("module", Rule.HARDTANH, False, (nn.Hardtanh,)),
+    ("module", Rule.HARDTANH, EW, (nn.ReLU6,)),     # Hardtanh(0, 6)
+    ("function", Rule.HARDTANH, False, (F.hardtanh, F.hardtanh_)),
+    ("aten", Rule.HARDTANH, False, ("hardtanh", "hardtanh_")),
+    ("method", Rule.CLAMP, False, ("clamp", "clamp_", "clip", "clip_")),
+    ("function", Rule.CLAMP, False, (torch.clamp, torch.clip)),
+    ("aten", Rule.CLAMP, False, ("clamp", "clamp_", "clip")),
+    ("function", Rule.PAD, False, (F.pad,)),
+    ("aten", Rule.PAD, False, ("constant_pad_nd", "pad")),
     # ------------------------------------------------ zero becomes non-zero
-    ("module", "nonzero", False, (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid)),
-    ("function", "nonzero", False, (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid,
+    ("module", Rule.NONZERO, False, (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid)),
+    ("function", Rule.NONZERO, False, (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid,
                                     torch.exp)),
-    ("method", "nonzero", False, ("sigmoid", "sigmoid_", "exp", "exp_")),
-    ("aten", "nonzero", False, ("sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "softplus", "exp",
+    ("method", Rule.NONZERO, False, ("sigmoid", "sigmoid_", "exp", "exp_")),
+    ("aten", Rule.NONZERO, False, ("sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "softplus", "exp",
                                 "log_sigmoid")),
     # ---------------------------------------------------- two operands, lists
-    ("function", "add", False, (operator.add, operator.iadd, torch.add, operator.sub, operator.isub,
+    ("function", Rule.ADD, False, (operator.add, operator.iadd, torch.add, operator.sub, operator.isub,
                                 torch.sub)),
-    ("method", "add", False, ("add", "add_", "sub", "sub_")),
-    ("aten", "add", False, ("add", "add_", "sub", "sub_")),
-    ("function", "mul", False, (operator.mul, operator.imul, torch.mul)),
-    ("method", "mul", False, ("mul", "mul_")),
-    ("aten", "mul", False, ("mul", "mul_")),
-    ("function", "div", False, (operator.truediv, operator.itruediv, torch.div)),
-    ("method", "div", False, ("div", "div_")),
-    ("aten", "div", False, ("div", "div_")),
+    ("method", Rule.ADD, False, ("add", "add_", "sub", "sub_")),
+    ("aten", Rule.ADD, False, ("add", "add_", "sub", "sub_")),
+    ("function", Rule.MUL, False, (operator.mul, operator.imul, torch.mul)),
+    ("method", Rule.MUL, False, ("mul", "mul_")),
+    ("aten", Rule.MUL, False, ("mul", "mul_")),
+    ("function", Rule.DIV, False, (operator.truediv, operator.itruediv, torch.div)),
+    ("method", Rule.DIV, False, ("div", "div_")),
+    ("aten", Rule.DIV, False, ("div", "div_")),
     # (aten "concat" is not here: its first argument, a list, never passed the tensor-input
     # check, so it has always been an unsupported op; torch.export writes aten.cat anyway)
-    ("function", "cat", False, (torch.cat, torch.concat, torch.concatenate)),
-    ("aten", "cat", False, ("cat",)),
-    ("function", "getitem", False, (operator.getitem,)),   # (export graphs call it too)
+    ("function", Rule.CAT, False, (torch.cat, torch.concat, torch.concatenate)),
+    ("aten", Rule.CAT, False, ("cat",)),
+    ("function", Rule.GETITEM, False, (operator.getitem,)),   # (export graphs call it too)
     # ------------------------------------------------------------ layouts
-    ("module", "flatten", False, (nn.Flatten,)),
-    ("function", "flatten", False, (torch.flatten,)),
-    ("method", "flatten", False, ("flatten",)),
-    ("aten", "flatten", False, ("flatten",)),
-    ("function", "view", False, (torch.reshape,)),
-    ("method", "view", False, ("view", "reshape")),
-    ("aten", "view", False, ("view", "reshape", "_unsafe_view")),
-    ("function", "reduce", False, (torch.mean, torch.sum, torch.amax, torch.amin)),
-    ("method", "reduce", False, ("mean", "sum", "amax", "amin")),
-    ("aten", "reduce", False, ("mean", "sum", "amax", "amin")),
-    ("aten", "slice", False, ("slice",)),
-    ("function", "split", False, (torch.split, torch.chunk, torch.narrow)),
-    ("method", "split", False, ("split", "split_with_sizes", "chunk", "narrow")),
+    ("module", Rule.FLATTEN, False, (nn.Flatten,)),
+    ("function", Rule.FLATTEN, False, (torch.flatten,)),
+    ("method", Rule.FLATTEN, False, ("flatten",)),
+    ("aten", Rule.FLATTEN, False, ("flatten",)),
+    ("function", Rule.VIEW, False, (torch.reshape,)),
+    ("method", Rule.VIEW, False, ("view", "reshape")),
+    ("aten", Rule.VIEW, False, ("view", "reshape", "_unsafe_view")),
+    ("function", Rule.REDUCE, False, (torch.mean, torch.sum, torch.amax, torch.amin)),
+    ("method", Rule.REDUCE, False, ("mean", "sum", "amax", "amin")),
+    ("aten", Rule.REDUCE, False, ("mean", "sum", "amax", "amin")),
+    ("aten", Rule.SLICE, False, ("slice",)),
+    ("function", Rule.SPLIT, False, (torch.split, torch.chunk, torch.narrow)),
+    ("method", Rule.SPLIT, False, ("split", "split_with_sizes", "chunk", "narrow")),
     # ---------------------------------------------------------- not tensors
-    ("function", "size", False, (getattr,)),
-    ("method", "size", False, ("size", "dim", "numel", "nelement", "item", "tolist", "ndimension")),
-    ("aten", "size", False, ("sym_size", "sym_numel", "sym_stride")),
-    ("aten", "scalar", False, ("item", "_assert_tensor_metadata")),
+    ("function", Rule.SIZE, False, (getattr,)),
+    ("method", Rule.SIZE, False, ("size", "dim", "numel", "nelement", "item", "tolist", "ndimension")),
+    ("aten", Rule.SIZE, False, ("sym_size", "sym_numel", "sym_stride")),
+    ("aten", Rule.SCALAR, False, ("item", "_assert_tensor_metadata")),
 )
 
 
 @dataclass(frozen=True)
 class Entry:
-    rule: str
+    rule: Rule
     elementwise: bool = False
 
 
@@ -199,7 +199,7 @@ def entry_of(kind: str, target) -> Optional[Entry]:
     if kind == "module":
         rule = rule_of(target)
         if rule is not None:
-            return Entry(rule)
+            return Entry(Rule(rule))
         return next((TABLE[("module", c)] for c in type(target).__mro__ if ("module", c) in TABLE), None)
     entry = TABLE.get((kind, target))
     if entry is None and kind == "function":

@@ -10,6 +10,7 @@ from typing import Callable, Dict
 
 import torch
 
+from ..rule import Rule
 from .model import NOT_TENSOR, Tup, Val
 from .rules import (Call, cat_args, channel_ranges, clamp_bounds, flatten_dims, hardtanh_bounds,
                     other_operand, pad_args, reduce_dims, slice_dim, view_shape)
@@ -82,25 +83,25 @@ def _split(A: Analyzer, node, c: Call):
 
 
 # rule -> (analyzer, node, call) -> the output's Val
-TENSOR_RULES: Dict[str, Callable] = {
-    "pass": _pass,
-    "nonzero": lambda A, node, c: A.unary(c.x, False, f"{c.who} ({c.name})"),
-    "hardtanh": _hardtanh,
-    "clamp": lambda A, node, c: A.clamp(c.x, *clamp_bounds(c), f"{node.name} (clamp)"),
-    "pad": lambda A, node, c: A.pad(node, c.x, *pad_args(c)),
-    "add": lambda A, node, c: A.binary(node, "add", c.x, other_operand(c)),
-    "mul": lambda A, node, c: A.binary(node, "mul", c.x, other_operand(c)),
-    "div": lambda A, node, c: A.binary(node, "div", c.x, other_operand(c)),
-    "cat": lambda A, node, c: A.cat(node, *cat_args(c)),
-    "flatten": lambda A, node, c: A.flatten(node, c.x, *flatten_dims(c)),
-    "view": lambda A, node, c: A.view(node, c.x, view_shape(c)),
-    "reduce": lambda A, node, c: A.reduce(node, c.name, c.x, *reduce_dims(c)),
-    "slice": _slice,
-    "split": _split,
-    "getitem": lambda A, node, c: A.getitem(node, c.x, c.args[1]),
-    "pool_indices": lambda A, node, c: Tup((c.x, NOT_TENSOR)),
-    "size": lambda A, node, c: NOT_TENSOR,
-    "scalar": lambda A, node, c: NOT_TENSOR,
+TENSOR_RULES: Dict[Rule, Callable] = {
+    Rule.PASS: _pass,
+    Rule.NONZERO: lambda A, node, c: A.unary(c.x, False, f"{c.who} ({c.name})"),
+    Rule.HARDTANH: _hardtanh,
+    Rule.CLAMP: lambda A, node, c: A.clamp(c.x, *clamp_bounds(c), f"{node.name} (clamp)"),
+    Rule.PAD: lambda A, node, c: A.pad(node, c.x, *pad_args(c)),
+    Rule.ADD: lambda A, node, c: A.binary(node, "add", c.x, other_operand(c)),
+    Rule.MUL: lambda A, node, c: A.binary(node, "mul", c.x, other_operand(c)),
+    Rule.DIV: lambda A, node, c: A.binary(node, "div", c.x, other_operand(c)),
+    Rule.CAT: lambda A, node, c: A.cat(node, *cat_args(c)),
+    Rule.FLATTEN: lambda A, node, c: A.flatten(node, c.x, *flatten_dims(c)),
+    Rule.VIEW: lambda A, node, c: A.view(node, c.x, view_shape(c)),
+    Rule.REDUCE: lambda A, node, c: A.reduce(node, c.name, c.x, *reduce_dims(c)),
+    Rule.SLICE: _slice,
+    Rule.SPLIT: _split,
+    Rule.GETITEM: lambda A, node, c: A.getitem(node, c.x, c.args[1]),
+    Rule.POOL_INDICES: lambda A, node, c: Tup((c.x, NOT_TENSOR)),
+    Rule.SIZE: lambda A, node, c: NOT_TENSOR,
+    Rule.SCALAR: lambda A, node, c: NOT_TENSOR,
 }
 
 

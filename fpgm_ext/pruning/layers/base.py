@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..rule import Rule
+
 
 @dataclass(frozen=True)
 class Channels:
@@ -102,7 +104,7 @@ class Layer:
     ``rule`` names the channel rule of the analysis the layer follows (graph/rules.py:
     "conv", "linear", "bn", "gn", "ln", "prelu", "shortcut", "constant_pad"); ``counted``
     says that its FLOPs are proportional to its weight's size (flops.py)."""
-    rule: str = ""
+    rule: Optional[Rule] = None
     counted: bool = False
 
     def analyse(self, A, node, name: str, m: nn.Module, x):

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..rule import Rule
 from .base import Channels, Layer, Surgery, affine_masks, check_size, kept_indices
 
 class Conv(Layer):
@@ -17,7 +18,7 @@ class Conv(Layer):
     or None, ``groups`` (1 where the module has no such attribute). An output channel of
     the layer must be zero when its filter and bias are (the pruning is exact then).
     ``out_params``: names of other tensors of ``[out, ...]`` pruned with the filters."""
-    rule = "conv"
+    rule = Rule.CONV
     counted = True
     size_attrs = ("out_channels", "in_channels", "groups")   # set after the surgery, if present
 

@@ -4,12 +4,13 @@ features expanded per channel) or on the last dimension of tokens and channels-l
 layouts; the surgery is a conv's with one group."""
 from __future__ import annotations
 
+from ..rule import Rule
 from .conv import Conv
 
 
 class Linear(Conv):
     """A linear layer: ``weight`` ``[out, in]``, ``bias`` ``[out]`` or None."""
-    rule = "linear"
+    rule = Rule.LINEAR
     size_attrs = ("out_features", "in_features")
 
     def analyse(self, A, node, name, m, x):

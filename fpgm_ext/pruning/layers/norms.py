@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..rule import Rule
 from .channelwise import Channelwise
 
 
@@ -14,7 +15,7 @@ class BatchNorm(Channelwise):
     """A BatchNorm: ``weight``, ``bias``, ``running_mean``, ``running_var`` per channel;
     its pruned channels' affine zeroed, a zero channel comes out zero (without affine it
     comes out as ``-mean / std``: non-zero)."""
-    rule = "bn"
+    rule = Rule.BN
     tensors = ("weight", "bias", "running_mean", "running_var")
 
     def size(self, m):
@@ -39,7 +40,7 @@ class BatchNorm(Channelwise):
 class GroupNorm(Channelwise):
     """A GroupNorm: a GN group's statistics are its own channels', so whole GN groups are
     pruned exactly; with one group it normalises over all channels (approximate)."""
-    rule = "gn"
+    rule = Rule.GN
 
     def size(self, m):
         return m.num_channels
@@ -69,7 +70,7 @@ class LayerNorm(Channelwise):
     """A LayerNorm over the channels (``[B, C]`` or the last dimension of tokens and
     channels-last layouts): per-channel ``weight`` and ``bias``, statistics over all the
     channels (approximate: pruned only with ``approximate=True``)."""
-    rule = "ln"
+    rule = Rule.LN
 
     def size(self, m):
         return m.normalized_shape[0]
@@ -89,7 +90,7 @@ class LayerNorm(Channelwise):
 
 class PReLU(Channelwise):
     """A PReLU: one slope per channel (a single slope is shared: the channels pass)."""
-    rule = "prelu"
+    rule = Rule.PRELU
     tensors = ("weight",)
 
     def size(self, m):

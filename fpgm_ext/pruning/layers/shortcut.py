@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..rule import Rule
 from .base import Channels, Layer, check_size, kept_indices
 
 
@@ -51,7 +52,7 @@ class PadShortcut(nn.Module):
 class Shortcut(Layer):
     """The handler of ``PadShortcut``: its input and output channels are its own spaces;
     the surgery keeps the ``(src, dst)`` pairs whose channels both survive, renumbered."""
-    rule = "shortcut"
+    rule = Rule.SHORTCUT
 
     def analyse(self, A, node, name, m, x):
         return A.shortcut(node, name, m, x, self.channels(m))
