@@ -50,15 +50,17 @@ def _columns(row: torch.Tensor, full: torch.Tensor, what: str) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def kept_channels(original: nn.Module, pruned: nn.Module) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
-    """name -> (kept outputs, kept inputs) of every conv / linear layer, and name -> (kept
+def kept_channels(original: nn.Module, pruned: nn.Module, conv_types: tuple = ()
+                  ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (kept outputs, kept inputs) of every conv / linear layer (``conv_types``:
+    other classes whose ``weight`` is ``[out, in / groups, ...]``), and name -> (kept
     channels, same) of every norm layer, by value."""
     before = dict(original.named_modules())
     kept = {}
     with torch.no_grad():
         for name, p in pruned.named_modules():
             o = before.get(name)
-            if isinstance(p, (nn.Linear, *_CONV)) and type(o) is type(p):
+            if isinstance(p, (nn.Linear, *_CONV, *conv_types)) and type(o) is type(p):
                 w, w0 = p.weight.detach(), o.weight.detach()
                 groups = getattr(o, "groups", 1)
                 if groups == 1:
@@ -106,9 +108,9 @@ def kept_channels(original: nn.Module, pruned: nn.Module) -> Dict[str, Tuple[tor
     return kept
 
 
-def masked_original(original: nn.Module, pruned: nn.Module) -> nn.Module:
+def masked_original(original: nn.Module, pruned: nn.Module, conv_types: tuple = ()) -> nn.Module:
     """A copy of ``original`` with what ``pruned`` removed zeroed (see the module doc)."""
-    kept = kept_channels(original, pruned)
+    kept = kept_channels(original, pruned, conv_types)
     masked = copy.deepcopy(original)
     modules = dict(masked.named_modules())
     with torch.no_grad():
@@ -121,22 +123,22 @@ def masked_original(original: nn.Module, pruned: nn.Module) -> nn.Module:
                 t = getattr(m, attr, None)
                 if isinstance(t, torch.Tensor) and t.shape[:1] == (n_out,):
                     t[drop] = 0
-            if isinstance(m, (nn.Linear, *_CONV)) and getattr(m, "groups", 1) == 1:
+            if isinstance(m, (nn.Linear, *_CONV, *conv_types)) and getattr(m, "groups", 1) == 1:
                 drop_in = torch.ones(m.weight.shape[1], dtype=torch.bool)
                 drop_in[inn] = False
                 m.weight[:, drop_in] = 0
-            elif isinstance(m, _CONV):   # grouped: the local input channels no group keeps
+            elif isinstance(m, (*_CONV, *conv_types)):   # grouped: the local input channels no group keeps
                 drop_in = torch.ones(m.weight.shape[1], dtype=torch.bool)
                 drop_in[inn % m.weight.shape[1]] = False
                 m.weight[:, drop_in] = 0
     return masked
 
 
-def assert_exact_by_value(original: nn.Module, pruned: nn.Module, x, rtol=1e-4):
+def assert_exact_by_value(original: nn.Module, pruned: nn.Module, x, rtol=1e-4, conv_types: tuple = ()):
     """The pruned model computes what the original with the removed channels masked by
     value computes (``masked_original``), and that masking changed something."""
     with torch.no_grad():
-        ref = masked_original(original, pruned).eval()(x)
+        ref = masked_original(original, pruned, conv_types).eval()(x)
         out = pruned.eval()(x)
         orig = original.eval()(x)
     scale = float(ref.abs().max())

@@ -21,11 +21,11 @@ Argument checks are in fpgm_ext._checks, the operators in fpgm_ext.ops; this pac
 imports only those leaf modules of fpgm_ext (and fpgm_ext.selection), never its __init__.
 """
 from .graph import Analysis, TraceFailure, analyse
-from .layers import PadShortcut, register_layer
+from .layers import PadShortcut, register_layer, unregister_layer
 from .plan import Plan, PrunedGraph, apply_plan, pruned_masks, zero_pruned
 from .prune import PruneResult, make_plan, prune
 from .report import LayerStat, PruneReport
 
-__all__ = ["prune", "apply_plan", "make_plan", "pruned_masks", "zero_pruned", "analyse", "register_layer", "Plan",
+__all__ = ["prune", "apply_plan", "make_plan", "pruned_masks", "zero_pruned", "analyse", "register_layer", "unregister_layer", "Plan",
            "PrunedGraph",
            "PruneReport", "PruneResult", "LayerStat", "PadShortcut", "Analysis", "TraceFailure"]

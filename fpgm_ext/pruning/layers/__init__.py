@@ -27,11 +27,11 @@ from .norms import BatchNorm, GroupNorm, LayerNorm, PReLU
 from .padding import ConstantPad
 from .parameter import ENTRY_TYPES as TENSOR_ENTRY_TYPES, TENSOR_MEMBER
 from .registry import (handler_for, is_leaf, register_layer, registered_handlers, registered_types, rule_of,
-                       type_name)
+                       type_name, unregister_layer)
 from .shortcut import PadShortcut, Shortcut
 
 __all__ = ["Layer", "Channels", "Surgery", "Channelwise", "Conv", "Linear", "BatchNorm", "GroupNorm",
-           "LayerNorm", "PReLU", "ConstantPad", "Shortcut", "PadShortcut", "register_layer", "handler_for",
+           "LayerNorm", "PReLU", "ConstantPad", "Shortcut", "PadShortcut", "register_layer", "unregister_layer", "handler_for",
            "rule_of", "is_leaf", "registered_handlers", "type_name", "replace_tensor", "registered_types", "TENSOR_MEMBER",
            "TENSOR_ENTRY_TYPES"]
 

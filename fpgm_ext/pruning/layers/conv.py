@@ -40,7 +40,8 @@ class Conv(Layer):
         entry: Dict[str, Any] = {"type": type(use.module).__name__, "out_size": ch.outputs, "in_size": ch.inputs}
         if out is not None:
             entry["out"] = out
-            params = tuple(use.out_params) + tuple(p for p in self.out_params if p not in use.out_params)
+            params = tuple(use.out_params) + tuple(p for p in self.out_params if p not in use.out_params
+                                                   and isinstance(getattr(use.module, p, None), torch.Tensor))
             if params:
                 entry["out_params"] = list(params)
         if inn is not None:

@@ -51,6 +51,12 @@ def register_layer(layer_type: Union[type, str], handler: Layer, *, leaf: bool =
         _LEAVES.add(layer_type)
 
 
+def unregister_layer(layer_type: Union[type, str]) -> None:
+    """Forgets what ``register_layer`` taught the pruner about ``layer_type``."""
+    (_BY_NAME if isinstance(layer_type, str) else _BY_TYPE).pop(layer_type, None)
+    _LEAVES.discard(layer_type)
+
+
 def handler_for(m) -> Optional[Layer]:
     """The handler of module ``m`` (or of class ``m``): its class's, else the nearest
     base class's along the MRO; a handler registered by name counts for that class."""
