@@ -4,18 +4,21 @@
     report.plan.save("plan.json")
     same = fpgm_ext.apply_plan(fresh_model, "plan.json")   # then load_state_dict(pruned.state_dict())
 
-graph/    channel dependency groups from torch.fx / torch.export (tracing.py; rules.py,
-          the one table from op spelling to channel rule; analyzer.py; fx.py, export.py)
-prune.py  prune(): scores (one distance_scores_multi call), the two-stage selection of
-          fpgm_ext.selection per group (with PadShortcut constraints), plan;
-          make_plan(): the plan alone, no surgery (SoftFPGM re-plans every epoch)
-plan.py   Plan (JSON) and apply_plan(): the surgery (one gather_channels call);
-          pruned_masks() / zero_pruned(): the same channels zeroed in place instead
-flops.py  measured FLOPs and parameters (FlopCounterMode), counted during the analysis's
-          forward and derived for the pruned model where every FLOP is a conv's or linear's
-target.py target_flops / target_params: the uniform rate_dist that reaches a reduction
-report.py PruneReport
-layers.py PadShortcut, the CIFAR ResNets' parameter-free shortcut, prunable by mapping
+prune.py   prune() and make_plan(): trace, analyse, decide, check, surgery, measure
+config.py  Settings: the settings of one prune, one record
+rule.py    Rule: the channel rules by name
+tracer.py  trace="auto": which tracer's analysis
+graph/     channel dependency groups from torch.fx / torch.export (the op table, the
+           analyzer, the visitors and the fx-only extensions)
+layers/    per-layer knowledge: one handler per layer kind; register_layer
+select.py  the official two-stage selection of every group, one scoring call
+decide.py  the plan of an analysed model
+plan/      Plan (JSON), apply_plan() (the surgery, one gather_channels call), PrunedGraph,
+           pruned_masks() / zero_pruned()
+checks.py  plans checked on the model's own code
+flops.py   measured FLOPs and parameters (FlopCounterMode)
+target.py  target_flops / target_params: the uniform rate_dist that reaches a reduction
+report.py  PruneReport
 
 Argument checks are in fpgm_ext._checks, the operators in fpgm_ext.ops; this package
 imports only those leaf modules of fpgm_ext (and fpgm_ext.selection), never its __init__.

@@ -54,18 +54,22 @@ channel segment carries that flag (``Seg.zero``) through the graph.
 
 The package, one job per file:
 
-- ``model.py``: the dataclasses (spaces, layouts, uses, the resulting groups);
+- ``model.py``: the records (spaces, layouts, uses, the resulting groups and ops);
 - ``tracing.py``: fx or export tracing, node shapes, ``TraceFailure``;
+- ``nodes.py``: what an fx node's spelling says (its op's name, reshape, split);
 - ``rules.py``: the op table, every op spelling (module type, function, Tensor method,
-  aten op) mapped to its channel rule and whether it is elementwise, and the helpers that
-  read a rule's arguments;
-- ``analyzer.py``: ``Analyzer``, the spaces, their joining and freezing, one method per
-  rule;
-- ``visit.py``: what both visitors share, the tensor ops' rules by name;
+  aten op) mapped to its ``Rule`` and whether it is elementwise, and the helpers that
+  read a rule's arguments (the layers' module types come from ``pruning/layers``);
+- ``analyzer.py``: ``Analyzer``, one pass: ``spaces.py`` (the spaces, their joining and
+  freezing), ``layer_rules.py`` and ``tensor_rules.py`` (one method per rule), and the
+  fx-only extensions' state records (``state.py``);
+- ``visit.py``: what both visitors share, the tensor ops' rules by ``Rule``;
 - ``fx.py``, ``export.py``: the visitors of an fx and of an export graph;
-- ``heads.py``: attention heads in fx graphs (``Val.heads``, ``Analysis.head_ops``);
-- ``radix.py``: split attention's radix groups in fx graphs (``Val.radix``);
-- this file: ``analyse``, which runs them, and the grouping of the joined spaces.
+- the fx-only extensions: ``functional.py`` (layers called on their own module's tensors,
+  weight-standardised convs), ``layouts.py`` (channels-last and token layouts, tensor
+  members), ``heads.py`` (attention heads), ``radix.py`` (split attention's radix
+  groups), ``sizes.py`` (channel counts read at run time);
+- this file: ``analyse``, which runs the passes, and the grouping of the joined spaces.
 """
 from __future__ import annotations
 
