@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train, soft-prune at 40 %%, finalize and fine-tune a CIFAR-style "
                        "ResNet on scikit-learn's digits; print before/after figures",
                        description="Soft FPGM pruning end to end on scikit-learn's bundled handwritten "
-                       "digits (real data, no download). Under a minute on 2 CPU cores (35-40 s measured).")
+                       "digits (real data, no download). Its figures and time on a stated machine: "
+                       "bench/RESULTS.md, section 'demo' (python -m bench.demo --write).")
     d.add_argument("--quick", action="store_true", help="a few seconds: ResNet-8, a few epochs (tests)")
     d.add_argument("--depth", type=int, help="ResNet depth, 6n + 2 (default 20; 8 with --quick)")
     d.add_argument("--epochs", type=_positive_int, help="training epochs before pruning")

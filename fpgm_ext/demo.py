@@ -5,7 +5,9 @@ scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes; 80/20 s
 stratified). Then soft FPGM pruning at 40 % (``SoftFPGM``: the pruned filters selected and
 zeroed every epoch, their gradients masked), ``finalize()`` to a physically smaller model,
 a short fine-tune, and a table of accuracy, parameters, measured FLOPs and CPU latency
-before and after. Under a minute on 2 CPU cores (35-40 s measured); ``quick=True`` is a few seconds (tests).
+before and after. Its figures and its time, measured over a few seeds on a stated machine, are in
+bench/RESULTS.md's "demo" section (``python -m bench.demo --write``, which README.md quotes);
+``Settings.quick()`` takes a few seconds (tests).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -49,6 +51,7 @@ class Figures:
     flops: int                 # per image, measured with FlopCounterMode
     latency_1_ms: float        # median, batch of 1
     latency_test_ms: float     # median, the whole test split in one batch
+    correct: int = 0           # test images classified right: accuracy moves by whole images
 
 
 @dataclass
@@ -62,6 +65,7 @@ class DemoResult:
     channels: Dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     threads: int = 1
+    test_images: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -155,7 +159,12 @@ def logits(model, x) -> torch.Tensor:
 
 
 def accuracy(model, x, y) -> float:
-    return 100.0 * (logits(model, x).argmax(1) == y).float().mean().item()
+    return 100.0 * hits(model, x, y).float().mean().item()
+
+
+def hits(model, x, y) -> torch.Tensor:
+    """Per test image, whether ``model`` classifies it right."""
+    return logits(model, x).argmax(1) == y
 
 
 @torch.inference_mode()
@@ -179,8 +188,9 @@ def figures(model, x_test, y_test) -> Figures:
     from .pruning.flops import measure
 
     m = measure(model, (x_test[:1],))
-    return Figures(accuracy=accuracy(model, x_test, y_test), params=m.params, flops=m.flops,
-                   latency_1_ms=float("nan"), latency_test_ms=float("nan"))
+    right = hits(model, x_test, y_test)
+    return Figures(accuracy=100.0 * right.float().mean().item(), params=m.params, flops=m.flops,
+                   latency_1_ms=float("nan"), latency_test_ms=float("nan"), correct=int(right.sum()))
 
 
 # ----------------------------------------------------------------------------- job
@@ -242,29 +252,43 @@ def run(settings: Optional[Settings] = None, progress: bool = True, log=print) -
             channels[name] = f"{a.out_channels} -> {b.out_channels}"
     result = DemoResult(settings=asdict(s), before=before, after=after, masked_accuracy=masked_acc,
                         pruned_accuracy=pruned_acc, max_abs_diff=diff, channels=channels,
-                        seconds=time.perf_counter() - t_start, threads=torch.get_num_threads())
+                        seconds=time.perf_counter() - t_start, threads=torch.get_num_threads(),
+                        test_images=len(y_te))
     log("")
     log(table(result))
     return result
 
 
 def table(r: DemoResult) -> str:
+    """The before / after table and a line on how it was measured (what the demo prints)."""
+    return "\n".join(table_rows(r) + ["", trailer(r)])
+
+
+def accuracy_text(f: Figures, test_images: int) -> str:
+    """``98.89 % (356/360)``: the percentage and the whole images it stands for."""
+    return f"{f.accuracy:.2f} % ({f.correct}/{test_images})"
+
+
+def table_rows(r: DemoResult) -> List[str]:
+    """The Markdown table of the figures before and after pruning."""
     b, a = r.before, r.after
-    rows = ["| | before (unpruned) | after (pruned, fine-tuned) | change |",
+    return ["| | before (unpruned) | after (pruned, fine-tuned) | change |",
             "| --- | ---: | ---: | ---: |",
-            f"| test accuracy | {b.accuracy:.2f} % | {a.accuracy:.2f} % | {a.accuracy - b.accuracy:+.2f} points |",
+            f"| test accuracy | {accuracy_text(b, r.test_images)} | {accuracy_text(a, r.test_images)} | "
+            f"{a.accuracy - b.accuracy:+.2f} points |",
             f"| parameters | {b.params:,} | {a.params:,} | {100 * (a.params / b.params - 1):+.1f} % |",
             f"| FLOPs per image (measured) | {b.flops:,} | {a.flops:,} | {100 * (a.flops / b.flops - 1):+.1f} % |",
             f"| CPU latency, batch 1 | {b.latency_1_ms:.3f} ms | {a.latency_1_ms:.3f} ms | "
             f"speed-up {b.latency_1_ms / a.latency_1_ms:.2f}x |",
             f"| CPU latency, test split in one batch | {b.latency_test_ms:.2f} ms | {a.latency_test_ms:.2f} ms | "
             f"speed-up {b.latency_test_ms / a.latency_test_ms:.2f}x |"]
-    convs = list(r.channels.items())
-    kept = sum(int(v.split(" -> ")[1]) for _, v in convs)
-    total = sum(int(v.split(" -> ")[0]) for _, v in convs)
-    rows.append("")
-    rows.append(f"conv channels kept: {kept} of {total}; FLOPs measured with FlopCounterMode "
-                f"(2 per multiply-add); latency: median of {r.settings['latency_runs']} runs, the two "
-                f"models in turn, on "
-                f"{r.threads} CPU threads; total time {r.seconds:.0f} s")
-    return "\n".join(rows)
+
+
+def trailer(r: DemoResult) -> str:
+    """Channels kept, how FLOPs and latency are measured, threads and the demo's total time."""
+    convs = list(r.channels.values())
+    kept = sum(int(v.split(" -> ")[1]) for v in convs)
+    total = sum(int(v.split(" -> ")[0]) for v in convs)
+    return (f"conv channels kept: {kept} of {total}; FLOPs measured with FlopCounterMode "
+            f"(2 per multiply-add); latency: median of {r.settings['latency_runs']} runs, the two "
+            f"models in turn, on {r.threads} CPU threads; total time {r.seconds:.0f} s")
