@@ -100,11 +100,8 @@ class LayerRules:
             use = self.record(name, m, "linear", Val(), out_size=out_features)
             self.freeze(self.out_val(use, None), reason)
             return self.out_val(use, x.rank)
-        size = self.size(x)
-        factor = x.factor
-        if size is not None and factor is None and in_features % size == 0:
-            factor = in_features // size
-        if size is None or factor is None or size * factor != in_features:
+        factor = self._features_per_channel(x, in_features)
+        if factor is None:
             self.freeze(x, f"the input features of {name} could not be matched to their producers")
             use = self.record(name, m, "linear", Val(), out_size=out_features)
         else:
@@ -112,15 +109,24 @@ class LayerRules:
             use = self.record(name, m, "linear", x, factor=factor, out_size=out_features)
         return self.out_val(use, 2)
 
-    def channelwise(self, node, name: str, m: nn.Module, x: Val, kind: str, count: int,
-                    zero_out: bool, via: str) -> Val:
-        """A module with per-channel tensors (BatchNorm, PReLU): a member of every space of
-        its input, pruned at the same channels."""
+    def _features_per_channel(self, x: Val, count: int):
+        """How many of a layer's ``count`` features each channel of ``x`` spans (after a
+        flatten: its positions; not yet known: what ``count`` gives), or None where the
+        channels cannot be matched to the features."""
         size = self.size(x)
         factor = x.factor
         if size is not None and factor is None and count % size == 0:
             factor = count // size
         if size is None or factor is None or size * factor != count:
+            return None
+        return factor
+
+    def channelwise(self, node, name: str, m: nn.Module, x: Val, kind: str, count: int,
+                    zero_out: bool, via: str) -> Val:
+        """A module with per-channel tensors (BatchNorm, PReLU): a member of every space of
+        its input, pruned at the same channels."""
+        factor = self._features_per_channel(x, count)
+        if factor is None:
             self.freeze(x, f"the channels of {name} could not be matched to their producers")
             self.record(name, m, kind, Val())
             factor = x.factor
