@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import _ModeGuard, entry_of
+from .graph import _ModeGuard, entry_of, untouched
 from .layers import handler_for
 
 # torch's own conv and linear modules: FlopCounterMode counts 2 x rows x weight.numel()
@@ -50,6 +50,11 @@ def _params(model: nn.Module):
 
 
 def measure(model: nn.Module, example_inputs: Sequence) -> Measurement:
+    with untouched(model):   # what its forward caches on the model is put back
+        return _measure(model, example_inputs)
+
+
+def _measure(model: nn.Module, example_inputs: Sequence) -> Measurement:
     inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in example_inputs]
     counter = FlopCounterMode(display=False)
     try:

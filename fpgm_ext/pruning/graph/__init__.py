@@ -90,7 +90,7 @@ from .sizes import check as check_size_reads
 from .state import NodeIndex
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of
-from .tracing import TraceFailure, no_trace_constants, trace
+from .tracing import TraceFailure, trace, untouched
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
 from .visit import TENSOR_RULES
 
@@ -102,7 +102,7 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
     """Traces ``model`` and returns its channel groups (see the module docstring).
     ``flops``: a ``flops.FlopRecorder`` that counts the FLOPs of the run that finds the
     shapes (fx only), so that ``prune`` need not run the model again to measure it."""
-    with no_trace_constants(model):
+    with untouched(model):   # (fx's trace constants, what a forward caches while traced)
         return _analyse(model, example_inputs, method, flops)
 
 

@@ -88,6 +88,37 @@ def no_trace_constants(model: nn.Module):
             delattr(model, name)
 
 
+_TABLES = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def untouched(model: nn.Module):
+    """Every module of ``model`` as it was when the block is left: the attributes a forward
+    sets (a detection head caching its anchors on its first call, as FakeTensors while
+    torch.export traces it; fx's trace constants), removes or replaces, and the parameters,
+    buffers and submodules it registers, are put back. Tensors changed in place are not
+    (the pruner's runs change none)."""
+    saved = [(m, dict(vars(m)), [dict(getattr(m, t)) for t in _TABLES]) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs, tables in saved:
+            now = vars(m)
+            for name in [n for n in now if n not in attrs]:
+                del now[name]
+            for name, value in attrs.items():
+                if now.get(name, _MISSING) is not value:
+                    now[name] = value
+            for t, table in zip(_TABLES, tables):
+                held = getattr(m, t)
+                if held.keys() != table.keys() or any(held[k] is not v for k, v in table.items()):
+                    held.clear()
+                    held.update(table)
+
+
+_MISSING = object()
+
+
 def _fx_graph(model: nn.Module) -> torch.fx.Graph:
     """The fx graph of ``model``, its targets named from ``model`` (the analysis needs no
     GraphModule: building one generates and compiles its code)."""
