@@ -12,7 +12,7 @@ import torch
 from ..rule import Rule
 from .model import NOT_TENSOR, Tup, Val
 from .rules import Call, _arg, conv_groups, entry_of, group_norm_args
-from ..layers import handler_for, rule_of
+from ..layers import LayerCall, handler_computing
 from .visit import _last_axis, _map_args, apply
 
 
@@ -36,25 +36,28 @@ def _conv(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     groups = conv_groups(node.args, node.kwargs, c.name)
     transposed = c.name == "convolution" and _arg(node.args, node.kwargs, 6, "transposed", False)
-    if m is None or rule_of(m) != "conv" or transposed or groups != handler_for(m).channels(m).groups:
+    layer = handler_computing(m, Rule.CONV, LayerCall(groups=groups))
+    if layer is None or transposed:
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    return handler_for(m).analyse(A, node, name, m, c.x)
+    return layer.analyse(A, node, name, m, c.x)
 
 
 def _linear(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
-    if m is None or rule_of(m) != "linear":
+    layer = handler_computing(m, Rule.LINEAR, LayerCall())
+    if layer is None:
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    return handler_for(m).analyse(A, node, name, m, c.x)
+    return layer.analyse(A, node, name, m, c.x)
 
 
 def _batch_norm(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
     if m is None:
         name, m = _module_of(A, node.args[3])
-    if m is None or rule_of(m) != "bn":
+    layer = handler_computing(m, Rule.BN, LayerCall())
+    if layer is None:
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    out = handler_for(m).analyse(A, node, name, m, c.x)
+    out = layer.analyse(A, node, name, m, c.x)
     return out if c.name == "batch_norm" else Tup((out, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR, NOT_TENSOR))
 
 
@@ -63,18 +66,19 @@ def _group_norm(A: Analyzer, node, c: Call):
     groups, weight, _ = group_norm_args(node.args, node.kwargs, native)
     name, m = _module_of(A, weight, ("weight",))
     x = c.x
-    if m is None or rule_of(m) != "gn" or groups != m.num_groups or \
-            not (isinstance(x, Val) and x.tensor):
+    layer = handler_computing(m, Rule.GN, LayerCall(groups=groups))
+    if layer is None or not (isinstance(x, Val) and x.tensor):
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    out = handler_for(m).analyse(A, node, name, m, x)
+    out = layer.analyse(A, node, name, m, x)
     return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
 
 
 def _prelu(A: Analyzer, node, c: Call):
     name, m = _module_of(A, node.args[1])
-    if m is None or rule_of(m) != "prelu":
+    layer = handler_computing(m, Rule.PRELU, LayerCall())
+    if layer is None:
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    return handler_for(m).analyse(A, node, name, m, c.x)
+    return layer.analyse(A, node, name, m, c.x)
 
 
 LAYER_CALLS = {Rule.CONV: _conv, Rule.LINEAR: _linear, Rule.BN: _batch_norm, Rule.GN: _group_norm, Rule.PRELU: _prelu}

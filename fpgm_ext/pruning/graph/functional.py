@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, List
 import torch
 from torch.nn import functional as F
 
-from ..layers import handler_for, rule_of
+from ..layers import LayerCall, handler_computing, handler_for, rule_of
 from ..rule import Rule
 from .model import Val
 from .rules import _arg, conv_groups, group_norm_args, spellings
@@ -126,51 +126,50 @@ def _fx_batch_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     if len(names) != 1:
         return None
     name, m = next(iter(names.items()))
-    if rule_of(m) != "bn" or getattr(m, "num_features", None) is None or \
-            (_arg(node.args, node.kwargs, 3, "weight") is None) == m.affine:
-        return None
-    return handler_for(m).analyse(A, node, name, m, x)
+    layer = handler_computing(m, Rule.BN, LayerCall(affine=_arg(node.args, node.kwargs, 3, "weight") is not None))
+    return layer.analyse(A, node, name, m, x) if layer is not None else None
 
 
 def _fx_group_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     groups, weight, bias = group_norm_args(node.args, node.kwargs, native=False)
     name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
-    if m is None or rule_of(m) != "gn" or groups != m.num_groups or \
-            (weight is None) == m.affine or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+    layer = handler_computing(m, Rule.GN, LayerCall(groups=groups, affine=weight is not None))
+    if layer is None or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
         return None
-    return handler_for(m).analyse(A, node, name, m, x)
+    return layer.analyse(A, node, name, m, x)
 
 
 def _fx_conv(A: Analyzer, node, fn, x: Val, args, kwargs):
     if node.name in A.std.convs:
         name, m, extra = A.std.convs[node.name]
-        if conv_groups(args, kwargs, fn.__name__) != handler_for(m).channels(m).groups:
+        layer = handler_computing(m, Rule.CONV, LayerCall(groups=conv_groups(args, kwargs, fn.__name__)))
+        if layer is None:
             return None
-        out = handler_for(m).analyse(A, node, name, m, x)
+        out = layer.analyse(A, node, name, m, x)
         A.uses[name].out_params = extra
         A.freeze(x, f"{name} standardises its weight over its input channels (weight "
                     "standardisation): removing one changes every filter")
         return out
     name, m = _weight_owner(A, node)
-    if m is None or rule_of(m) != "conv" or m.weight.dim() != _WEIGHT_RANK[fn] or \
-            conv_groups(args, kwargs, fn.__name__) != handler_for(m).channels(m).groups:
-        return None
-    return handler_for(m).analyse(A, node, name, m, x)
+    layer = handler_computing(m, Rule.CONV, LayerCall(groups=conv_groups(args, kwargs, fn.__name__),
+                                                      weight_rank=_WEIGHT_RANK[fn]))
+    return layer.analyse(A, node, name, m, x) if layer is not None else None
 
 
 def _fx_linear(A: Analyzer, node, fn, x: Val, args, kwargs):
     name, m = _weight_owner(A, node)
-    return handler_for(m).analyse(A, node, name, m, x) if m is not None and rule_of(m) == "linear" else None
+    layer = handler_computing(m, Rule.LINEAR, LayerCall())
+    return layer.analyse(A, node, name, m, x) if layer is not None else None
 
 
 def _fx_layer_norm(A: Analyzer, node, fn, x: Val, args, kwargs):
     shape = _arg(node.args, node.kwargs, 1, "normalized_shape")
     weight, bias = _arg(node.args, node.kwargs, 2, "weight"), _arg(node.args, node.kwargs, 3, "bias")
     name, m = _fx_owner(A, weight, "weight") if weight is not None else _fx_owner(A, bias, "bias")
-    if m is None or rule_of(m) != "ln" or tuple(shape or ()) != tuple(m.normalized_shape) or \
-            (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
+    layer = handler_computing(m, Rule.LN, LayerCall(normalized_shape=tuple(shape or ())))
+    if layer is None or (bias is not None and _fx_owner(A, bias, "bias") != (name, m)):
         return None
-    return handler_for(m).analyse(A, node, name, m, x)
+    return layer.analyse(A, node, name, m, x)
 
 
 LAYER_CALLS = {Rule.BN: _fx_batch_norm, Rule.GN: _fx_group_norm, Rule.LN: _fx_layer_norm, Rule.CONV: _fx_conv,

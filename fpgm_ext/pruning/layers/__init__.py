@@ -19,18 +19,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Channels, Layer, Surgery, replace_tensor
+from .base import Channels, Layer, LayerCall, Surgery, replace_tensor
 from .channelwise import Channelwise
 from .conv import Conv
 from .linear import Linear
 from .norms import BatchNorm, GroupNorm, LayerNorm, PReLU
 from .padding import ConstantPad
 from .parameter import ENTRY_TYPES as TENSOR_ENTRY_TYPES, TENSOR_MEMBER
-from .registry import (handler_for, is_leaf, register_layer, registered_handlers, registered_types, rule_of,
+from .registry import (handler_computing, handler_for, is_leaf, register_layer, registered_handlers, registered_types, rule_of,
                        type_name, unregister_layer)
 from .shortcut import PadShortcut, Shortcut
 
-__all__ = ["Layer", "Channels", "Surgery", "Channelwise", "Conv", "Linear", "BatchNorm", "GroupNorm",
+__all__ = ["Layer", "LayerCall", "handler_computing", "Channels", "Surgery", "Channelwise", "Conv", "Linear", "BatchNorm", "GroupNorm",
            "LayerNorm", "PReLU", "ConstantPad", "Shortcut", "PadShortcut", "register_layer", "unregister_layer", "handler_for",
            "rule_of", "is_leaf", "registered_handlers", "type_name", "replace_tensor", "registered_types", "TENSOR_MEMBER",
            "TENSOR_ENTRY_TYPES"]

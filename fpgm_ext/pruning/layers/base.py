@@ -21,6 +21,17 @@ class Channels:
     groups: int = 1
 
 
+@dataclass(frozen=True)
+class LayerCall:
+    """What a functional or aten call of a layer's op says of the layer it computes (None:
+    the call does not say): conv or GN groups, whether a norm has a weight, a LayerNorm's
+    shape, the rank of a conv's weight."""
+    groups: Optional[int] = None
+    affine: Optional[bool] = None
+    normalized_shape: Optional[Tuple[int, ...]] = None
+    weight_rank: Optional[int] = None
+
+
 class Surgery:
     """The tensors a plan replaces, gathered in one ``gather_channels`` call: ``gather``
     registers one (tensor, dim, kept indices) and returns its key, ``then`` a step that
@@ -111,6 +122,12 @@ class Layer:
         """The layout of the module's output, the module recorded in the analysis ``A``
         (graph/analyzer.py) by the rule's method. ``x``: what is known of its input."""
         raise NotImplementedError
+
+    def computes(self, m: nn.Module, call: LayerCall) -> bool:
+        """Whether a call of this kind's op with ``call``'s arguments on ``m``'s own
+        tensors computes what ``m`` does (a subclass calling ``F.batch_norm`` from its
+        forward), so that the call follows ``m``'s rule."""
+        return True
 
     def channels(self, m: nn.Module) -> Optional[Channels]:
         """Input and output channels of a layer that makes channels (conv, linear,

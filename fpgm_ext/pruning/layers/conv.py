@@ -28,6 +28,10 @@ class Conv(Layer):
     def analyse(self, A, node, name, m, x):
         return A.conv(node, name, m, x, self.channels(m))
 
+    def computes(self, m, call):
+        return (call.groups is None or call.groups == self.channels(m).groups) and \
+            (call.weight_rank is None or call.weight_rank == m.weight.dim())
+
     def channels(self, m: nn.Module) -> Channels:
         groups = getattr(m, "groups", 1)
         w = m.weight

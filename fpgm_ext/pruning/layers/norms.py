@@ -21,6 +21,9 @@ class BatchNorm(Channelwise):
     def size(self, m):
         return m.num_features if hasattr(m, "num_features") else m.weight.numel()
 
+    def computes(self, m, call):
+        return getattr(m, "num_features", None) is not None and (call.affine is None or call.affine == m.affine)
+
     def analyse(self, A, node, name, m, x):
         if getattr(m, "num_features", 0) is None:   # a lazy BatchNorm not yet initialised
             return A.unknown(node, type(m).__name__, x)
@@ -44,6 +47,9 @@ class GroupNorm(Channelwise):
 
     def size(self, m):
         return m.num_channels
+
+    def computes(self, m, call):
+        return (call.groups is None or call.groups == m.num_groups) and (call.affine is None or call.affine == m.affine)
 
     def analyse(self, A, node, name, m, x):
         return A.group_norm(node, name, m, x, m.num_channels, m.num_groups, m.affine)
@@ -74,6 +80,9 @@ class LayerNorm(Channelwise):
 
     def size(self, m):
         return m.normalized_shape[0]
+
+    def computes(self, m, call):
+        return call.normalized_shape is None or tuple(call.normalized_shape) == tuple(m.normalized_shape)
 
     def analyse(self, A, node, name, m, x):
         return A.layer_norm(node, name, m, x, tuple(m.normalized_shape), getattr(m, "weight", None) is not None)

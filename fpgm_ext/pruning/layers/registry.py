@@ -70,6 +70,13 @@ def handler_for(m) -> Optional[Layer]:
     return None
 
 
+def handler_computing(m, rule, call) -> Optional[Layer]:
+    """The handler of module ``m`` where its kind follows ``rule`` and a call of that
+    rule's op with ``call``'s arguments (``base.LayerCall``) computes what ``m`` does."""
+    handler = handler_for(m) if m is not None else None
+    return handler if handler is not None and handler.rule == rule and handler.computes(m, call) else None
+
+
 def rule_of(m) -> Optional[str]:
     """The analysis rule of module ``m``'s layer kind, or None for an unregistered type."""
     handler = handler_for(m)
