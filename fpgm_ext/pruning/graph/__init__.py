@@ -90,7 +90,7 @@ from .sizes import check as check_size_reads
 from .state import NodeIndex
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of
-from .tracing import TraceFailure, trace, untouched
+from .tracing import TraceFailure, Traced, trace, untouched
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
 from .visit import TENSOR_RULES
 
@@ -107,14 +107,14 @@ def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=N
 
 
 def _analyse(model, example_inputs, method, flops) -> Analysis:
-    graph, shapes, tracer, names, owner = trace(model, example_inputs, method, flops)
+    traced = trace(model, example_inputs, method, flops)
     # A pass may find that a producer's channels must be cut into sub-spaces (a residual
     # addition of a concatenation, a depthwise conv on one): the next pass starts with
     # those cuts, until none is new (or MAX_PASSES: the groups still unmatched stay frozen).
     cuts: Dict[str, set] = {}
     radix: set = set()   # producers laid out in radix groups (radix.py), for the next pass
     for _ in range(MAX_PASSES):
-        A = _walk(model, graph, shapes, tracer, names, owner, cuts, radix)
+        A = _walk(model, traced, cuts, radix)
         if not A.requests and A.radix.found <= radix:
             break
         for producer, at in A.requests.items():
@@ -145,23 +145,22 @@ def check_rules() -> None:
 check_rules()
 
 
-def _walk(model, graph, shapes, tracer, names, owner, cuts, radix=frozenset()) -> Analyzer:
-    A = Analyzer(model, shapes, tracer, names, {k: set(v) for k, v in cuts.items()}, radix)
-    if tracer == "fx":
-        find_standardised(A, graph)
-        A.index = NodeIndex.of(graph)
-    for node in graph.nodes:
-        if tracer == "fx":
-            val = _visit_fx(A, node, owner)
-        else:
-            val = _visit_export(A, node, None)
-        shape = shapes.get(node.name)
+def _walk(model, traced: Traced, cuts, radix=frozenset()) -> Analyzer:
+    """One pass over the traced graph, starting from the cuts and radix producers found."""
+    A = Analyzer(model, traced.shapes, traced.tracer, traced.names, {k: set(v) for k, v in cuts.items()}, radix)
+    fx = traced.tracer == "fx"
+    if fx:
+        find_standardised(A, traced.graph)
+        A.index = NodeIndex.of(traced.graph)
+    for node in traced.graph.nodes:
+        val = _visit_fx(A, node, traced.owner) if fx else _visit_export(A, node, None)
+        shape = traced.shapes.get(node.name)
         if isinstance(val, Val) and val.tensor and isinstance(shape, tuple) and \
                 all(isinstance(s, int) for s in shape):
             val = replace(val, rank=len(shape))
         A.vals[node.name] = val
-    if tracer == "fx":
-        check_size_reads(A, graph)
+    if fx:
+        check_size_reads(A, traced.graph)
     return A
 
 

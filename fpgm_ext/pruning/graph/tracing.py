@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
@@ -266,9 +267,21 @@ def _export(model: nn.Module, example_inputs):
         return torch.export.export(model, tuple(example_inputs))
 
 
-def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=None):
-    """(graph, shapes, tracer name, param/buffer placeholder names -> FQN, user inputs).
-    ``flops``: see ``_fx_shapes`` (the export path runs nothing: it stays unused)."""
+@dataclass(frozen=True)
+class Traced:
+    """A model's graph and what the analysis reads with it: each node's shape, the tracer,
+    export's placeholder names -> parameter or buffer FQN, and the module whose
+    attributes the graph's targets name (the model, or the ExportedProgram)."""
+    graph: torch.fx.Graph
+    shapes: Dict[str, Any]
+    tracer: str
+    names: Dict[str, str]
+    owner: Any
+
+
+def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=None) -> Traced:
+    """The model traced with torch.fx, else torch.export. ``flops``: see ``_fx_shapes``
+    (the export path runs nothing: it stays unused)."""
     fx_error = None
     if method in ("auto", "fx"):
         try:
@@ -280,7 +293,7 @@ def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=Non
                                    f"{_first_line(exc)}{_hint(model)}", fx_error=exc) from None
         else:
             shapes = _fx_shapes(graph, model, example_inputs, flops) if example_inputs is not None else {}
-            return graph, shapes, "fx", {}, model
+            return Traced(graph, shapes, "fx", {}, model)
     if example_inputs is None:
         raise TraceFailure(
             f"torch.fx could not trace {type(model).__name__} ({_first_line(fx_error)}); "
@@ -301,4 +314,4 @@ def trace(model: nn.Module, example_inputs=None, method: str = "auto", flops=Non
     for n in ep.graph.nodes:
         if "val" in n.meta:
             shapes[n.name] = _shape_of(n.meta["val"])
-    return ep.graph, shapes, "export", names, ep
+    return Traced(ep.graph, shapes, "export", names, ep)
