@@ -15,7 +15,7 @@ from . import layouts as _layouts
 from . import radix as _radix
 from .functional import functional
 from .layouts import param_use
-from .model import NOT_TENSOR, Tup, Val
+from .model import NOT_TENSOR, ParamRef, Tup, Val
 from .rules import Call, LAYERS, entry_of
 from .tracing import TRACE_CONSTANT
 from .visit import _last_axis, _map_args, apply
@@ -93,7 +93,7 @@ def _get_attr(A: Analyzer, node, gm):
     if not isinstance(obj, torch.Tensor):
         return NOT_TENSOR
     if obj.dim() >= 1 and param_use(node) is not None:
-        return Val((), 1, obj.dim(), param=(target, tuple(range(obj.dim())), None))
+        return Val((), 1, obj.dim(), param=ParamRef(target, tuple(range(obj.dim()))))
     return A.opaque(node, f"the module attribute {target} is used as a tensor")
 
 

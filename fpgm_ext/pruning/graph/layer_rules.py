@@ -185,8 +185,7 @@ class LayerRules:
         """``x * p`` or ``x + p`` for a parameter ``p`` with one entry per channel of ``x``
         along its channel dimension (a layer scale, a per-channel bias): ``p`` is pruned
         with those channels (its pruned entries zeroed, zero stays zero)."""
-        qualname, dims, edit = p.param   # the tensor's dim at each of the value's dims (None: a
-                                         # view's); a view holding the channel count, if any
+        qualname, dims, view = p.param.name, p.param.dims, p.param.view
         owner, _, attr = qualname.rpartition(".")
         t = getattr(self.modules.get(owner), attr, None)
         size = self.size(x)
@@ -196,13 +195,12 @@ class LayerRules:
         if not isinstance(t, torch.Tensor) or dim is None or size is None or x.factor != 1 or \
                 t.shape[dim] != size or self.param_dims.get(qualname, dim) != dim:
             return self.unknown(node, f"{kind} by the module attribute {qualname}", (x, p))
-        if edit is not None:
-            node_name, path, count = edit
+        if view is not None:
             if len(x.segs) != 1 or self.tracer != "fx":
                 return self.unknown(node, f"{kind} by the module attribute {qualname} viewed with a "
                                           "constant channel count", (x, p))
-            self.head_ops[node_name] = HeadOp("channels", tuple(path), count, x.segs[0].space, 1,
-                                        self.index.reshapes.get(node_name, -1))
+            self.head_ops[view.node] = HeadOp("channels", view.path, view.count, x.segs[0].space, 1,
+                                              self.index.reshapes.get(view.node, -1))
         self.record(qualname, t, "param", x)
         self.param_dims[qualname] = dim
         return x

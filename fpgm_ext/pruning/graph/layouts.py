@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
-from .model import APPROXIMATE, Val
+from .model import APPROXIMATE, ParamRef, ParamView, Val
 from .nodes import shape_entries
 
 if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
@@ -179,11 +179,11 @@ def _param_view(A: Analyzer, node, name: str, x: Val):
         entries = shape_entries(node)
         fixed = [(path, v) for path, v in entries if isinstance(v, int) and v == shape[big[0]] > 1]
         if len(entries) != len(shape) or len(fixed) > 1:
-            return A.opaque(node, f"the module attribute {x.param[0]} is viewed in a way not understood")
-        edit = (node.name, fixed[0][0], fixed[0][1]) if fixed else None
-        return replace(x, rank=len(shape), param=(x.param[0], tuple(
-            x.param[1][was[0]] if d == big[0] else None for d in range(len(shape))), edit))
-    return A.opaque(node, f"the module attribute {x.param[0]} is used as a tensor")
+            return A.opaque(node, f"the module attribute {x.param.name} is viewed in a way not understood")
+        view = ParamView(node.name, tuple(fixed[0][0]), fixed[0][1]) if fixed else None
+        return replace(x, rank=len(shape), param=ParamRef(x.param.name, tuple(
+            x.param.dims[was[0]] if d == big[0] else None for d in range(len(shape))), view))
+    return A.opaque(node, f"the module attribute {x.param.name} is used as a tensor")
 
 
 def _layout_binary(A: Analyzer, node, kind: str, a, b):

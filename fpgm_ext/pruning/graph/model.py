@@ -59,6 +59,26 @@ class Radix:
 
 
 @dataclass(frozen=True)
+class ParamView:
+    """A view of a tensor attribute that spells its channel count as a constant
+    (PoolFormer's ``scale.view(self.shape)``): the node, the path of that entry in its
+    shape argument, the count; the pruned model's graph gets the new count."""
+    node: str
+    path: Tuple[int, ...]
+    count: int
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A tensor attribute read by ``get_attr`` (fx), as a value: its qualified name, its
+    dim at each of the value's dims (None for a view's size-1 dims), and the view that
+    holds its size, if any."""
+    name: str
+    dims: Tuple[Optional[int], ...]
+    view: Optional[ParamView] = None
+
+
+@dataclass(frozen=True)
 class Val:
     """What the analysis knows of one graph value."""
     segs: Tuple[Seg, ...] = ()
@@ -71,9 +91,7 @@ class Val:
     radix: Optional[Radix] = None  # the segs are laid out in radix groups (radix.py)
     stat: Optional[str] = None     # a statistic over all channels (fx: ``x.mean(dim=C)``), by
                                    # its node: no channels of its own, broadcast over them
-    param: Optional[Tuple[Any, ...]] = None  # a tensor attribute read by get_attr (fx): its
-                                  # qualified name, its dim at each of this value's dims (None
-                                  # for a view's size-1 dims), and a view holding its size, if any
+    param: Optional[ParamRef] = None   # a tensor attribute read by get_attr (fx)
 
 
 @dataclass(frozen=True)
