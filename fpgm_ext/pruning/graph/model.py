@@ -107,7 +107,8 @@ class Use:
     """One module's place in the channel graph."""
     name: str
     module: nn.Module
-    kind: str                         # conv | linear | bn | prelu | shortcut
+    kind: str                         # its rule (conv | linear | bn | gn | ln | prelu | shortcut),
+                                      # or "param": a tensor attribute pruned with the channels
     in_segs: Tuple[Seg, ...] = ()     # channels of its input (bn, prelu: its channels)
     factor: int = 1                   # input features per channel (linear after flatten)
     out_spaces: Tuple[int, ...] = ()  # conv, linear, shortcut: its output's spaces, in order
