@@ -22,7 +22,7 @@ def decide(model: nn.Module, analysis, settings: Settings, cache: Optional[Dict[
     for gid, why in (refused or {}).items():
         frozen[gid].append(why)
     _left_alone_by_settings(analysis, frozen, settings)
-    kept = select(analysis, frozen, settings, cache)
+    kept = _select_equal_counts(analysis, frozen, settings, cache)
     return build_plan(analysis, frozen, kept, settings.meta(model, analysis.tracer),
                       {g: r for g, r in approx.items() if g in kept})
 
@@ -45,6 +45,50 @@ def _approximate(analysis, frozen: Dict[int, List[str]], approximate: bool) -> D
         else:   # (said only where nothing else keeps the group whole)
             frozen[g.id].append(why if frozen[g.id] else f"{why} (approximate=True prunes it)")
     return approx
+
+
+def _select_equal_counts(analysis, frozen: Dict[int, List[str]], settings: Settings, cache):
+    """``select``, where the pieces of a chunk the model's code keeps (export graphs:
+    ``Analysis.equal_counts``) lose equal numbers of channels: a piece left alone leaves
+    the others alone, and where the selection gives them different counts, they are all
+    left alone and the others selected again."""
+    if not analysis.equal_counts:
+        return select(analysis, frozen, settings, cache)
+    _spread_left_alone(analysis, frozen)
+    kept = select(analysis, frozen, settings, cache)
+    unequal = [tie for tie in analysis.equal_counts
+               if len({_kept_count(analysis, kept, s) for s in tie.spaces}) > 1]
+    if not unequal:
+        return kept
+    for tie in unequal:
+        for s in tie.spaces:
+            frozen[analysis.group_of[s]].append(_why(tie))
+    _spread_left_alone(analysis, frozen)
+    return select(analysis, frozen, settings, cache)
+
+
+def _why(tie) -> str:
+    return f"a chunk at node {tie.node}, which the model's code keeps: its pieces must keep equal channel counts"
+
+
+def _kept_count(analysis, kept, space: int) -> int:
+    g = analysis.groups[analysis.group_of[space]]
+    size = analysis.spaces[space].size
+    return len(kept[g.id]) * (size // g.units) if g.id in kept else size
+
+
+def _spread_left_alone(analysis, frozen) -> None:
+    """A chunk's pieces all left alone where one is (until no more are)."""
+    again = True
+    while again:
+        again = False
+        for tie in analysis.equal_counts:
+            gids = [analysis.group_of[s] for s in tie.spaces]
+            if any(frozen[gid] for gid in gids) and not all(_why(tie) in frozen[gid] for gid in gids):
+                for gid in gids:
+                    if _why(tie) not in frozen[gid]:
+                        frozen[gid].append(_why(tie))
+                        again = True
 
 
 def _left_alone_by_settings(analysis, frozen: Dict[int, List[str]], settings: Settings) -> None:

@@ -31,6 +31,8 @@ class Rule(str, Enum):
     SPLIT = "split"
     SIZE = "size"
     SCALAR = "scalar"
+    CAST = "cast"
+    NEW = "new"
 
 
 LAYERS = frozenset({Rule.CONV, Rule.LINEAR, Rule.BN, Rule.GN, Rule.LN, Rule.PRELU, Rule.SHORTCUT,

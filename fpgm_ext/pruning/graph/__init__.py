@@ -191,4 +191,4 @@ def _finish(A: Analyzer) -> Analysis:
         for s in spaces:
             group_of[s] = gid
     return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported, dict(A.channel_ops),
-                    dict(A.head_ops), dict(A.param_dims))
+                    dict(A.head_ops), dict(A.param_dims), list(A.equal_counts))

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from torch import nn
 
 from .layer_rules import LayerRules
-from .model import ChannelOp, HeadOp, Space, Use
+from .model import ChannelOp, EqualCounts, HeadOp, Space, Use
 from .spaces import SpaceGraph
 from .state import NodeIndex, RadixState, SizeState, Standardised
 from .tensor_rules import TensorRules
@@ -42,6 +42,7 @@ class Analyzer(SpaceGraph, LayerRules, TensorRules):
         self.channel_ops: Dict[str, ChannelOp] = {}   # the channel splits the plan resizes
         self.head_ops: Dict[str, HeadOp] = {}         # the reshapes the plan rewrites
         self.param_dims: Dict[str, int] = {}    # parameter members: qualified name -> channel dim
+        self.equal_counts: List[EqualCounts] = []   # export chunks: pieces pruned alike
         # the fx-only extensions' state
         self.std = Standardised()
         self.radix = RadixState(hint=set(radix or ()))

@@ -84,7 +84,7 @@ def _prelu(A: Analyzer, node, c: Call):
 LAYER_CALLS = {Rule.CONV: _conv, Rule.LINEAR: _linear, Rule.BN: _batch_norm, Rule.GN: _group_norm, Rule.PRELU: _prelu}
 # Rules applied whatever the first argument is: the layers check their input themselves,
 # cat's is a list; every other op's first argument must be a tensor.
-_ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat"} | set(LAYER_CALLS)
+_ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat", "cast", "new"} | set(LAYER_CALLS)
 
 
 def _visit_export(A: Analyzer, node, user_inputs):
@@ -104,7 +104,7 @@ def _visit_export(A: Analyzer, node, user_inputs):
     # tuples are unpacked by operator.getitem itself, the fx spelling
     entry = entry_of("function", target) if target is operator.getitem else entry_of("aten", opname)
     rule = entry.rule if entry is not None else None
-    if rule not in ("linear", "size"):     # a Linear knows the layout; a size is no use of it
+    if rule not in ("linear", "size", "cast", "new"):   # a Linear knows the layout; the others do not use it
         out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise, None)
         if out is not None:
             return out

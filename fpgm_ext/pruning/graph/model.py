@@ -133,6 +133,14 @@ class ChannelOp:
 
 
 @dataclass(frozen=True)
+class EqualCounts:
+    """A chunk of an export graph (whose code keeps ``chunk(n)``): its pieces' spaces,
+    which must keep equal channel counts (decide.py)."""
+    node: str
+    spaces: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class HeadOp:
     """A reshape of an fx graph whose head count (``heads``), merged width
     (``merge_heads``) or channel count (``channels``: a per-channel tensor's view) changes
@@ -167,6 +175,7 @@ class Analysis:
     channel_ops: Dict[str, ChannelOp] = field(default_factory=dict)   # fx node -> its split
     head_ops: Dict[str, HeadOp] = field(default_factory=dict)         # fx node -> its reshape
     param_dims: Dict[str, int] = field(default_factory=dict)   # parameter members -> channel dim
+    equal_counts: List[EqualCounts] = field(default_factory=list)   # export chunks
     _members: Optional[Dict[int, List[str]]] = field(default=None, repr=False, compare=False)
 
     def producers(self, group: Group) -> List[Use]:

@@ -61,6 +61,9 @@ RULES = {
     Rule.SPLIT: "split / chunk / narrow along channels (fx): pieces of the layout, their spaces "
              "cut at the pieces' ends; the pruned model gets the new sizes (a graph rewrite)",
     Rule.SIZE: "a shape query: not a tensor, and no use of the channels",
+    Rule.CAST: "a cast to another tensor's dtype: the first operand passes, the other's channels are no use",
+    Rule.NEW: "a new tensor of a given shape, with another's dtype and device: no channels, and no use of "
+              "the other's (a detection head's anchors)",
     Rule.SCALAR: "a result that is not a tensor, read from the tensor's values",
 }
 
@@ -164,10 +167,14 @@ _ROWS: Tuple[Tuple[str, Rule, bool, tuple], ...] = (
     ("aten", Rule.SLICE, False, ("slice",)),
     ("function", Rule.SPLIT, False, (torch.split, torch.chunk, torch.narrow)),
     ("method", Rule.SPLIT, False, ("split", "split_with_sizes", "chunk", "narrow")),
+    # (export: only a chunk's pieces can be pruned, in equal numbers; tensor_rules.channel_pieces)
+    ("aten", Rule.SPLIT, False, ("chunk", "split", "split_with_sizes")),
     # ---------------------------------------------------------- not tensors
     ("function", Rule.SIZE, False, (getattr,)),
     ("method", Rule.SIZE, False, ("size", "dim", "numel", "nelement", "item", "tolist", "ndimension")),
     ("aten", Rule.SIZE, False, ("sym_size", "sym_numel", "sym_stride")),
+    ("aten", Rule.CAST, False, ("type_as",)),
+    ("aten", Rule.NEW, False, ("new_full", "new_zeros", "new_ones", "new_empty")),
     ("aten", Rule.SCALAR, False, ("item", "_assert_tensor_metadata")),
 )
 

@@ -9,7 +9,7 @@ from typing import Any, List, Optional
 
 import torch
 
-from .model import NOT_TENSOR, ChannelOp, Seg, Tup, Val
+from .model import NOT_TENSOR, ChannelOp, EqualCounts, Seg, Tup, Val
 from .nodes import shape_entries
 from .sizes import CONSTANT_COUNT, READ_FROM_OTHER, reads_own_size
 
@@ -194,17 +194,22 @@ class TensorRules:
             return self.unknown(node, "tensor indexing", base)
         return NOT_TENSOR
 
-    def channel_pieces(self, node, x: Val, ranges, op: str) -> Optional[List[Val]]:
+    def channel_pieces(self, node, x: Val, ranges, op: str, equal: bool = False) -> Optional[List[Val]]:
         """The layouts of channel ranges [a, b) of ``x`` (split, chunk, narrow, a slice of
         dim 1; a split of the last dimension of a channels-last or token layout), each made
         of whole spaces: the spaces are cut at the ranges' ends (asked of
         the next pass where they are not yet). None where it cannot be: the caller leaves
-        the channels alone. fx only: the pruned model gets its new sizes by a rewrite of
-        the fx graph (plan.py), which an export graph cannot give the model back."""
+        the channels alone. fx: the pruned model gets its new sizes by a rewrite of the fx
+        graph (plan/rewrite.py). An export graph cannot give the model back, whose code
+        holds the sizes; only a chunk (``equal``) of pieces of one space each can be pruned
+        there, each piece losing as many channels as the others, so that the code's
+        ``chunk(n)`` splits the pruned tensor at the same places (``Analysis.equal_counts``)."""
         size = self.size(x)
-        if self.tracer != "fx" or x.factor != 1 or size is None or \
+        if (self.tracer != "fx" and not equal) or x.factor != 1 or size is None or \
                 any(not 0 <= a <= b <= size for a, b in ranges):
             return None
+        if self.tracer != "fx" and len({b - a for a, b in ranges}) != 1:
+            return None   # (a chunk whose last piece is shorter)
         if self.request_cuts(x.segs, sorted({q for r in ranges for q in r})):
             return None   # this pass leaves them alone; the next one has the cuts
         ends = [0] + self.bounds(x.segs)
@@ -213,7 +218,13 @@ class TensorRules:
             first, last = ends.index(a), ends.index(b)
             spans.append((first, last))
             pieces.append(Val(x.segs[first:last], 1, x.rank, last=x.last))
-        self.channel_ops[node.name] = ChannelOp(op, tuple(x.segs), tuple(spans), self.index.splits.get(node.name, -1))
+        if self.tracer == "fx":
+            self.channel_ops[node.name] = ChannelOp(op, tuple(x.segs), tuple(spans),
+                                                    self.index.splits.get(node.name, -1))
+        elif all(last - first == 1 for first, last in spans):
+            self.equal_counts.append(EqualCounts(node.name, tuple(p.segs[0].space for p in pieces)))
+        else:
+            return None
         return pieces
 
     def pad(self, node, x: Val, pad, mode, value) -> Val:

@@ -76,7 +76,8 @@ def _split(A: Analyzer, node, c: Call):
     rank = x.rank if isinstance(x, Val) else None
     if found is None or rank is None or found[0] % rank != (rank - 1 if x.last else 1):
         return A.unknown(node, c.label, (c.args, c.kwargs))
-    pieces = A.channel_pieces(node, x, found[1], "narrow" if c.name == "narrow" else "split")
+    pieces = A.channel_pieces(node, x, found[1], "narrow" if c.name == "narrow" else "split",
+                              equal=c.name == "chunk")
     if pieces is None:
         return A.unknown(node, c.label, (c.args, c.kwargs))
     return pieces[0] if c.name == "narrow" else Tup(tuple(pieces))
@@ -101,6 +102,8 @@ TENSOR_RULES: Dict[Rule, Callable] = {
     Rule.GETITEM: lambda A, node, c: A.getitem(node, c.x, c.args[1]),
     Rule.POOL_INDICES: lambda A, node, c: Tup((c.x, NOT_TENSOR)),
     Rule.SIZE: lambda A, node, c: NOT_TENSOR,
+    Rule.CAST: lambda A, node, c: c.x if isinstance(c.x, (Val, Tup)) else NOT_TENSOR,
+    Rule.NEW: lambda A, node, c: NOT_TENSOR,
     Rule.SCALAR: lambda A, node, c: NOT_TENSOR,
 }
 
