@@ -1,4 +1,6 @@
-"""fpgm_ext.prune with default settings on a broad sample of timm models: how much each
+"""fpgm_ext.prune with default settings on a broad sample of timm models (and, where
+ultralytics is installed, Ultralytics' YOLOv8n / YOLO11n detect, segment, pose and OBB
+models, never run before pruning, 256 x 256 inputs, each output compared): how much each
 model loses (measured parameters and FLOPs, after / before), whether the pruned model is
 exact, how long pruning takes, and which channel groups were left alone, and why.
 
@@ -54,6 +56,9 @@ MODELS = [
     "vit_tiny_patch16_224", "mixer_b16_224", "swin_tiny_patch4_window7_224",
 ]
 LARGE_INPUT = ("vit_", "mixer_", "swin_", "deit_")
+# Ultralytics' families, built from their yaml (no weights; YOLO_OFFLINE), 256 x 256 inputs;
+# rows only where ultralytics is installed (pip install fpgm_ext[yolo])
+ULTRALYTICS = [f"{v}{task}.yaml" for v in ("yolov8n", "yolo11n") for task in ("", "-seg", "-pose", "-obb")]
 
 
 def _test_helpers():
@@ -66,23 +71,44 @@ def _test_helpers():
     return module.randomize, masking.masked_original
 
 
-def run_model(name: str, rate: float, randomize, masked_original) -> dict:
+def _build(name: str, randomize):
+    """(model, input): a timm model, or an Ultralytics one from its yaml."""
+    torch.manual_seed(0)  # timm and Ultralytics draw the initial weights from the global generator
+    if name.endswith(".yaml"):
+        import os
+
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from ultralytics import YOLO
+
+        return randomize(YOLO(name).model.eval()), torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     import timm
 
-    torch.manual_seed(0)  # timm draws the initial weights from the global generator
     model = randomize(timm.create_model(name, pretrained=False, num_classes=10))
     head = model.get_classifier()
     if isinstance(head, torch.nn.Linear) and not head.weight.any():
         torch.nn.init.normal_(head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
     size = 224 if name.startswith(LARGE_INPUT) else 96
-    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _tensors(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _tensors(o)] if isinstance(out, (list, tuple)) else []
+
+
+def run_model(name: str, rate: float, randomize, masked_original) -> dict:
+    model, x = _build(name, randomize)
     start = time.perf_counter()
     pruned, report = fpgm_ext.prune(model, x, rate_dist=rate)
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        ref = masked_original(model, pruned).eval()(x)
-        out = pruned.eval()(x)
-    error = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    with torch.no_grad():   # (several outputs: the largest difference over the largest output)
+        ref = _tensors(masked_original(model, pruned).eval()(x))
+        out = _tensors(pruned.eval()(x))
+    scale = max(float(t.abs().max()) for t in ref)
+    error = max(float((a - b).abs().max()) for a, b in zip(out, ref)) / max(scale, 1e-30)
     alone = report.left_alone
     reasons = list(dict.fromkeys(g["left_alone"].split(";")[0] for g in alone))
     approx = None   # with approximate=True, where a norm over all channels left a group alone
@@ -114,6 +140,23 @@ def table(rows: List[dict], rate: float) -> List[str]:
     return lines
 
 
+def _has_ultralytics() -> bool:
+    return importlib.util.find_spec("ultralytics") is not None
+
+
+def _summary(rows: List[dict], rate: float) -> str:
+    done = [r for r in rows if "failed" not in r]
+    ideal = 1 - (1 - rate) ** 2
+    mean = statistics.mean(r["params"] for r in done) if done else 0.0
+    worst = max((r["error"] for r in done), default=0.0)
+    loose = statistics.mean(r["approx"][0] if r["approx"] else r["params"] for r in done) if done else 0.0
+    return (f"{len(done)} of {len(rows)} models ran; parameters removed {100 * mean:.1f} % on "
+            f"average, {mean / ideal:.2f} of the ideal {100 * ideal:.0f} % at rate_dist {rate}; "
+            f"largest exactness error {worst:.1e}. With approximate=True where a norm over all "
+            f"channels left a group alone ({sum(r['approx'] is not None for r in done)} models): "
+            f"{100 * loose:.1f} % on average, {loose / ideal:.2f} of the ideal.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="fpgm_ext.prune on a sample of timm models")
     p.add_argument("--models", help="comma-separated timm model names (default: the sample)")
@@ -126,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     randomize, masked_original = _test_helpers()
-    names = args.models.split(",") if args.models else MODELS
+    names = args.models.split(",") if args.models else MODELS + (ULTRALYTICS if _has_ultralytics() else [])
     rows = []
     for name in names:
         try:
@@ -134,16 +177,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except Exception as exc:  # a model that cannot be built or pruned: said, not hidden
             rows.append({"model": name, "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"})
         print(table(rows[-1:], args.rate)[-1], flush=True)
-    done = [r for r in rows if "failed" not in r]
-    ideal = 1 - (1 - args.rate) ** 2
-    mean = statistics.mean(r["params"] for r in done) if done else 0.0
-    worst = max((r["error"] for r in done), default=0.0)
-    loose = statistics.mean(r["approx"][0] if r["approx"] else r["params"] for r in done) if done else 0.0
-    summary = (f"{len(done)} of {len(rows)} models ran; parameters removed {100 * mean:.1f} % on "
-               f"average, {mean / ideal:.2f} of the ideal {100 * ideal:.0f} % at rate_dist {args.rate}; "
-               f"largest exactness error {worst:.1e}. With approximate=True where a norm over all "
-               f"channels left a group alone ({sum(r['approx'] is not None for r in done)} models): "
-               f"{100 * loose:.1f} % on average, {loose / ideal:.2f} of the ideal.")
+    timm_rows = [r for r in rows if not r["model"].endswith(".yaml")]
+    yolo_rows = [r for r in rows if r["model"].endswith(".yaml")]
+    summary = _summary(timm_rows, args.rate)
+    if yolo_rows:
+        summary += "\n\nUltralytics (never run before pruning, torch.export): " + _summary(yolo_rows, args.rate)
     print("\n" + summary)
     if args.write:
         text = "\n".join([BEGIN, "## Pruning a timm zoo with default settings", "",
