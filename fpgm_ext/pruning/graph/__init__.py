@@ -90,7 +90,8 @@ from .sizes import check as check_size_reads
 from .state import NodeIndex
 from .model import NOT_TENSOR, Analysis, Group, Seg, Space, Tup, Use, Val
 from .rules import RULES, TABLE, Entry, entry_of
-from .tracing import TraceFailure, Traced, trace, untouched
+from .modes import other_mode_uses
+from .tracing import TraceFailure, Traced, _fx_graph, trace, untouched
 from .tracing import _ModeGuard as _ModeGuard   # (flops.py)
 from .visit import TENSOR_RULES
 
@@ -120,6 +121,9 @@ def _analyse(model, example_inputs, method, flops) -> Analysis:
         for producer, at in A.requests.items():
             cuts.setdefault(producer, set()).update(at)
         radix |= A.radix.found
+    if traced.tracer == "fx":
+        for node, why in other_mode_uses(model, traced.graph, _fx_graph).items():
+            A.freeze(A.vals.get(node), why)
     return _finish(A)
 
 
