@@ -8,6 +8,7 @@ feeds a node only the other mode has leaves its channels alone, by name."""
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Dict, List, Tuple
 
 import torch
@@ -25,6 +26,8 @@ def other_mode_uses(model: nn.Module, graph: torch.fx.Graph, trace) -> Dict[str,
     """node of ``graph`` -> why its channels stay: it feeds code that runs only in the mode
     ``graph`` was not traced in. ``trace``: the fx tracer (tracing._fx_graph). Empty where
     the other mode's trace fails (nothing more is known) or shows the same code."""
+    if not _reads_training(model):
+        return {}
     mode = model.training
     flags = [(m, m.training) for m in model.modules()]
     try:
@@ -52,6 +55,36 @@ def other_mode_uses(model: nn.Module, graph: torch.fx.Graph, trace) -> Dict[str,
             uses.setdefault(name, f"its channels reach code that runs in {where} mode only "
                                   f"({op_name(n) or n.op}, node {n.name} of the {where}-mode trace)")
     return uses
+
+
+def _reads_training(model: nn.Module) -> bool:
+    """Whether the code of a module fx traces through (not one of torch.nn's, which fx
+    traces as one call) mentions ``training``: only then can the two modes' traces differ
+    (a class whose source cannot be read counts as one that does)."""
+    from .tracing import _Tracer
+
+    leaf = _Tracer().is_leaf_module
+    return any(not leaf(m, "") and _class_reads_training(type(m)) for m in model.modules())
+
+
+@functools.lru_cache(maxsize=None)
+def _class_reads_training(cls) -> bool:
+    """Whether a method of ``cls`` (or of its bases outside torch.nn) names ``training``
+    (``self.training``, ``training=...``), read off the compiled code, nested functions
+    included."""
+    for c in cls.__mro__:
+        if c in (nn.Module, object) or c.__module__.startswith("torch.nn"):
+            continue
+        for value in vars(c).values():
+            code = getattr(getattr(value, "__func__", value), "__code__", None)
+            if code is not None and _names_training(code):
+                return True
+    return False
+
+
+def _names_training(code) -> bool:
+    return "training" in code.co_names or "training" in code.co_varnames or any(
+        _names_training(c) for c in code.co_consts if hasattr(c, "co_names"))
 
 
 def _keeps_channels(model: nn.Module, n) -> bool:
