@@ -22,8 +22,9 @@ from typing import Dict, List
 MODELS = ["torchvision:resnet50", "torchvision:mobilenet_v2", "timm:efficientnet_b0", "timm:densenet121",
           "timm:vit_tiny_patch16_224", "timm:cspresnet50"]
 
-# One round in a checkout: each model pruned once (after a warm-up prune of the first), the
-# report's timings printed as one JSON line.
+# One round in a checkout: each model pruned once to warm up, then three times, the medians of
+# the report's timings printed as one JSON line (a single prune catches the garbage
+# collector's pauses, which land on either side).
 _CHILD = r"""
 import json, sys, warnings, torch
 warnings.filterwarnings("ignore")
@@ -36,13 +37,14 @@ def build(spec):
         return getattr(torchvision.models, name)().eval(), 224
     import timm
     return timm.create_model(name, pretrained=False).eval(), 224 if "vit" in name else 160
+import statistics
 out = {}
-for k, spec in enumerate(sys.argv[2:]):
+for spec in sys.argv[2:]:
     model, size = build(spec)
     x = torch.randn(1, 3, size, size)
-    if k == 0:
-        fpgm_ext.prune(model, x, rate_dist=0.3)
-    out[spec] = fpgm_ext.prune(model, x, rate_dist=0.3).report.timings
+    fpgm_ext.prune(model, x, rate_dist=0.3)
+    runs = [fpgm_ext.prune(model, x, rate_dist=0.3).report.timings for _ in range(3)]
+    out[spec] = {step: statistics.median(r[step] for r in runs) for step in runs[0]}
 print(json.dumps(out))
 """
 
