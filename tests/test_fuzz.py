@@ -18,10 +18,6 @@ from test_prune import randomize
 # more seeds than kinds: each kind is some seed's sure kind
 SEEDS = list(range(42))
 TRACES = ("fx", "export")
-# torch.export traces the eval mode only, and no trace of the training mode maps onto its
-# graph: code that runs in training mode only is not seen (graph/modes.py covers fx). Known,
-# open: the pruned model of these seeds fails or differs in training mode.
-EXPORT_TRAINING_ONLY = {37}
 
 
 @lru_cache(maxsize=None)
@@ -33,8 +29,6 @@ def outcome(seed: int, trace: str) -> Outcome:
 @pytest.mark.parametrize("trace", TRACES)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pruned_exactly_or_left_alone(seed, trace):
-    if trace == "export" and seed in EXPORT_TRAINING_ONLY:
-        pytest.xfail("export: code that runs in training mode only is not analysed (open)")
     o = outcome(seed, trace)
     assert o.ok, f"seed {seed}, trace={trace!r}: {o.status.name}: {o.detail}"
 

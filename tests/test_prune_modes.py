@@ -1,5 +1,5 @@
-"""Code on a branch of ``self.training`` (graph/modes.py): fx traces the model's current
-mode, so the other mode is traced too and channels that reach code only it runs (a
+"""Code on a branch of ``self.training`` (graph/modes.py; checks.py under torch.export):
+fx traces the model's current mode, so the other mode is traced too and channels that reach code only it runs (a
 statistic over the channels, a scale by their count, a split of constant sizes) are left
 alone, by name; ops that keep channels (a scale by a number, as the test_prune_split's
 ModeDependent has) do not. Judged by value in both modes."""
@@ -51,12 +51,16 @@ def errors(model, pruned, x):
 
 @pytest.mark.parametrize("op", ["centre", "count", "split"])
 @pytest.mark.parametrize("eval_split", [False, True])
-def test_channels_reaching_training_only_code_stay(op, eval_split):
+@pytest.mark.parametrize("trace", ["fx", "export"])
+def test_channels_reaching_training_only_code_stay(op, eval_split, trace):
+    """fx: the other mode's trace; export (eval mode only): the plan's check on the model's
+    code, which runs it in both modes (checks.py)."""
     torch.manual_seed(0)
     model, x = TrainingOnly(op, eval_split).eval(), torch.randn(2, 3, 8, 8)
-    pruned, report = fpgm_ext.prune(model, x, rate_dist=0.3, trace="fx")
+    pruned, report = fpgm_ext.prune(model, x, rate_dist=0.3, trace=trace)
     assert pruned.conv1.out_channels == 16
-    assert any("runs in training mode only" in (g["left_alone"] or "") for g in report.groups)
+    if trace == "fx":
+        assert any("runs in training mode only" in (g["left_alone"] or "") for g in report.groups)
     assert max(errors(model, pruned, x)) < 1e-5
 
 

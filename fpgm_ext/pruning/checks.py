@@ -61,28 +61,40 @@ def _not_exact(model, analysis, kept, meta, example_inputs, ops) -> Optional[str
         return f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
     for dtype, tolerance in ((torch.float64, EXACT_RTOL_FLOAT64), (None, EAGER_RTOL)):
         try:
-            got, want = _outputs(model, pruned, masked, example_inputs, dtype)
+            runs = [_outputs(model, pruned, masked, example_inputs, dtype, training) for training in (False, True)]
         except Exception as exc:   # noqa: BLE001 - the model's code holds a size (or no float64)
             if dtype is None:
                 return f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
             continue
-        if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
-            return "the model's outputs change shape"
-        diff = max((float((a.double() - b.double()).abs().max()) / max(float(b.double().abs().max()), 1e-30)
-                    for a, b in zip(got, want) if a.numel()), default=0.0)
-        return None if diff <= tolerance else f"pruned, it differs from the masked original by {diff:.1e}"
+        for (got, want), mode in zip(runs, ("", " in training mode")):
+            if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
+                return f"the model's outputs change shape{mode}"
+            diff = max((float((a.double() - b.double()).abs().max()) / max(float(b.double().abs().max()), 1e-30)
+                        for a, b in zip(got, want) if a.numel()), default=0.0)
+            if diff > tolerance:
+                return f"pruned, it differs from the masked original{mode} by {diff:.1e}"
+        return None
     return None
 
 
-def _outputs(model, pruned, masked, example_inputs, dtype):
-    """(pruned's outputs, masked's) on the example inputs, both models (and the floating
-    inputs) in ``dtype`` where one is given (copies: the original is not converted)."""
+def _outputs(model, pruned, masked, example_inputs, dtype, training: bool):
+    """(pruned's outputs, masked's) on the example inputs, in eval or in training mode
+    (torch.export saw eval mode only: code on a branch of ``self.training`` shows here;
+    the random draws of both forwards start from one seed), both models (and the floating
+    inputs) in ``dtype`` where one is given. Copies: the originals are not changed."""
     inputs = list(example_inputs)
+    pruned, masked = copy.deepcopy(pruned), copy.deepcopy(masked)
     if dtype is not None:
-        pruned, masked = copy.deepcopy(pruned).to(dtype), copy.deepcopy(masked).to(dtype)
+        pruned, masked = pruned.to(dtype), masked.to(dtype)
         inputs = [x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
-    with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
-        return _tensors(pruned(*inputs)), _tensors(masked(*inputs))
+    outs = []
+    with _ModeGuard(model), torch.random.fork_rng(devices=[]):
+        for m in (pruned, masked):
+            m.train(training)
+            torch.manual_seed(0)
+            with torch.no_grad():
+                outs.append(_tensors(m(*inputs)))
+    return outs[0], outs[1]
 
 
 def _first(exc) -> str:
