@@ -42,12 +42,15 @@ def _conv(A: Analyzer, node, c: Call):
     return layer.analyse(A, node, name, m, c.x)
 
 
-def _linear(A: Analyzer, node, c: Call):
-    name, m = _module_of(A, node.args[1])
-    layer = handler_computing(m, Rule.LINEAR, LayerCall())
-    if layer is None:
-        return A.unknown(node, c.label, (c.args, c.kwargs))
-    return layer.analyse(A, node, name, m, c.x)
+def _weighted(rule: Rule):
+    """The call of a layer whose weight is its op's second argument (linear, prelu)."""
+    def call(A: Analyzer, node, c: Call):
+        name, m = _module_of(A, node.args[1])
+        layer = handler_computing(m, rule, LayerCall())
+        if layer is None:
+            return A.unknown(node, c.label, (c.args, c.kwargs))
+        return layer.analyse(A, node, name, m, c.x)
+    return call
 
 
 def _batch_norm(A: Analyzer, node, c: Call):
@@ -73,15 +76,8 @@ def _group_norm(A: Analyzer, node, c: Call):
     return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
 
 
-def _prelu(A: Analyzer, node, c: Call):
-    name, m = _module_of(A, node.args[1])
-    layer = handler_computing(m, Rule.PRELU, LayerCall())
-    if layer is None:
-        return A.unknown(node, c.label, (c.args, c.kwargs))
-    return layer.analyse(A, node, name, m, c.x)
-
-
-LAYER_CALLS = {Rule.CONV: _conv, Rule.LINEAR: _linear, Rule.BN: _batch_norm, Rule.GN: _group_norm, Rule.PRELU: _prelu}
+LAYER_CALLS = {Rule.CONV: _conv, Rule.LINEAR: _weighted(Rule.LINEAR), Rule.BN: _batch_norm, Rule.GN: _group_norm,
+               Rule.PRELU: _weighted(Rule.PRELU)}
 # Rules applied whatever the first argument is: the layers check their input themselves,
 # cat's is a list; every other op's first argument must be a tensor.
 _ANY_FIRST_ARG = {"getitem", "size", "scalar", "cat", "cast", "new"} | set(LAYER_CALLS)
