@@ -45,7 +45,7 @@ cannot prove safe is left unpruned, never pruned wrongly.
 
 A ``PadShortcut`` (the CIFAR ResNets' parameter-free shortcut) is a producer of its own
 output space: the streams before and after it are separate groups, and the selection
-(prune.py) prunes an output channel it feeds only together with the feeding channel.
+(select.py) prunes an output channel it feeds only together with the feeding channel.
 
 "Safe" is checked against the zeroing criterion: zeroing the pruned channels of every
 member (conv and linear filters and biases, BatchNorm weight and bias) must make every

@@ -11,7 +11,7 @@
 Whole heads are units: removing head h removes its q, k and v rows of ``qkv`` (each
 group's rows a sub-space of the Linear's output, cut at the groups' ends) and its columns
 of ``proj``; the reshapes' head counts and widths are constants of the fx graph, which the
-plan rewrites (``Analysis.head_ops``, plan.py). Exact by the zeroing criterion: zeroed v
+plan rewrites (``Analysis.head_ops``, plan/rewrite.py). Exact by the zeroing criterion: zeroed v
 rows make the head's attention output zero, whatever q and k are, so ``proj`` reads zeros.
 
 A value laid out in heads carries ``Val.heads``: each dimension's role ('g' the q/k/v

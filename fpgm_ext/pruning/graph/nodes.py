@@ -16,7 +16,7 @@ def op_name(node) -> str:
 
 def reshape_like(node) -> bool:
     """Whether an fx node is a reshape (``reshape``, ``view``, ``torch.reshape``), by its
-    spelling alone: counted in order to find one again in another trace (plan.py)."""
+    spelling alone: counted in order to find one again in another trace (plan/rewrite.py)."""
     if node.op == "call_method":
         return node.target in ("reshape", "view")
     return node.op == "call_function" and node.target is torch.reshape

@@ -319,7 +319,7 @@ def group_norm_args(args, kwargs, native: bool):
 def piece_sizes(sizes, total: int, chunks: bool = False):
     """The piece sizes of ``split(sizes)`` (an int: pieces of that size, the last shorter)
     or of ``chunk(sizes)`` (pieces of ceil(total / sizes)) of ``total`` channels; None for
-    an argument that is not a constant. Also how plan.py recognises a split again."""
+    an argument that is not a constant. Also how plan/rewrite.py recognises a split again."""
     if isinstance(sizes, bool) or not isinstance(sizes, (int, list, tuple)):
         return None
     if isinstance(sizes, int):

@@ -25,7 +25,7 @@ import torch
 from .model import Val
 
 # Reasons that only the model's eager code shows (an export graph holds constants): a group
-# torch.fx leaves alone for one of them stays alone in torch.export's analysis (prune.py)
+# torch.fx leaves alone for one of them stays alone in torch.export's analysis (tracer.py)
 READ_AT_RUN_TIME = "its channel count is read at run time"
 CONSTANT_COUNT = "as a constant"
 READ_FROM_OTHER = "a reshape reads its channel count from other channels"
