@@ -108,7 +108,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         round_to: kept channel counts rounded up to a multiple of this (e.g. 8), where the
             layer has that many channels to keep.
         inplace: prune ``model`` itself instead of a copy. (A model whose code splits
-            channels with constant sizes comes back as a ``PrunedGraph`` (plan.py) with
+            channels with constant sizes comes back as a ``PrunedGraph`` (plan/rewrite.py) with
             the new sizes; with ``inplace=True`` its submodules are ``model``'s own, pruned,
             and ``model``'s own forward no longer fits them: use the returned module.)
         trace: "auto", "fx" or "export". "auto": torch.fx, else torch.export; where fx
