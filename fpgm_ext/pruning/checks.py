@@ -9,6 +9,7 @@ import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 from .graph.tracing import _ModeGuard
 from .plan import Plan, apply_fitting, build_plan, zero_pruned
@@ -91,10 +92,22 @@ def _outputs(model, pruned, masked, example_inputs, dtype, training: bool):
     with _ModeGuard(model), torch.random.fork_rng(devices=[]):
         for m in (pruned, masked):
             m.train(training)
+            _no_dropout(m)
             torch.manual_seed(0)
             with torch.no_grad():
                 outs.append(_tensors(m(*inputs)))
     return outs[0], outs[1]
+
+
+def _no_dropout(model) -> None:
+    """Dropout's draws differ between a pruned tensor and its masked original (fewer
+    elements), whatever the seed: the copies' dropout modules (and drop-path rates) are set
+    to drop nothing, so that training mode shows the model's other code, not the draws."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+        if isinstance(getattr(m, "drop_prob", None), float):
+            m.drop_prob = 0.0
 
 
 def _first(exc) -> str:
