@@ -26,13 +26,13 @@ from .linear import Linear
 from .norms import BatchNorm, GroupNorm, LayerNorm, PReLU
 from .padding import ConstantPad
 from .parameter import ENTRY_TYPES as TENSOR_ENTRY_TYPES, TENSOR_MEMBER
-from .registry import (handler_computing, handler_for, is_leaf, register_layer, registered_handlers, registered_types, rule_of,
+from .registry import (handler_computing, handler_for, is_leaf, register_layer, registered_handlers, rule_of,
                        type_name, unregister_layer)
 from .shortcut import PadShortcut, Shortcut
 
 __all__ = ["Layer", "LayerCall", "handler_computing", "Channels", "Surgery", "Channelwise", "Conv", "Linear", "BatchNorm", "GroupNorm",
            "LayerNorm", "PReLU", "ConstantPad", "Shortcut", "PadShortcut", "register_layer", "unregister_layer", "handler_for",
-           "rule_of", "is_leaf", "registered_handlers", "type_name", "replace_tensor", "registered_types", "TENSOR_MEMBER",
+           "rule_of", "is_leaf", "registered_handlers", "type_name", "replace_tensor", "TENSOR_MEMBER",
            "TENSOR_ENTRY_TYPES"]
 
 

@@ -113,10 +113,8 @@ class Layer:
     (``register_layer``); the pruner asks it, and nothing else, about modules of that type.
 
     ``rule`` names the channel rule of the analysis the layer follows (graph/rules.py:
-    "conv", "linear", "bn", "gn", "ln", "prelu", "shortcut", "constant_pad"); ``counted``
-    says that its FLOPs are proportional to its weight's size (flops.py)."""
+    "conv", "linear", "bn", "gn", "ln", "prelu", "shortcut", "constant_pad")."""
     rule: Optional[Rule] = None
-    counted: bool = False
 
     def analyse(self, A, node, name: str, m: nn.Module, x):
         """The layout of the module's output, the module recorded in the analysis ``A``
@@ -155,7 +153,7 @@ class Layer:
         return {}
 
     def weight_size_after(self, m: nn.Module, entry: Dict[str, Any]) -> Optional[int]:
-        """``weight.numel()`` once ``entry`` is applied (counted layers: FLOPs scale by it)."""
+        """``weight.numel()`` once ``entry`` is applied (FLOPs of a conv or linear layer scale by it)."""
         return None
 
     def params_removed(self, m: nn.Module, entry: Dict[str, Any]) -> int:

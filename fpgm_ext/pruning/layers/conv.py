@@ -19,7 +19,6 @@ class Conv(Layer):
     the layer must be zero when its filter and bias are (the pruning is exact then).
     ``out_params``: names of other tensors of ``[out, ...]`` pruned with the filters."""
     rule = Rule.CONV
-    counted = True
     size_attrs = ("out_channels", "in_channels", "groups")   # set after the surgery, if present
 
     def __init__(self, out_params: Tuple[str, ...] = ()):

@@ -92,8 +92,3 @@ def is_leaf(m: nn.Module) -> bool:
 def registered_handlers() -> list:
     """Every registered handler, by type or by name."""
     return list(_BY_TYPE.values()) + list(_BY_NAME.values())
-
-
-def registered_types(rule: str) -> tuple:
-    """The registered module types that follow ``rule`` (for isinstance checks)."""
-    return tuple(t for t, h in _BY_TYPE.items() if h.rule == rule)
