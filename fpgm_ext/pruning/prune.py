@@ -2,7 +2,41 @@
 analyse (tracer.py, graph/), measure (flops.py), decide the plan (decide.py: select.py's
 selection, plan/build.py), check it on the model's code where the tracer needs it
 (checks.py), the surgery (plan/surgery.py), measure again, report. ``make_plan``: the
-plan alone."""
+plan alone.
+
+Channel dependencies come from the graph (``torch.fx``, else ``torch.export`` with
+``example_inputs``; see ``fpgm_ext.pruning.graph``): the channels that must be removed
+together form a *group* (a conv and its BatchNorm and consumers; all producers of a
+residual stream; a depthwise or grouped conv with its input, in whole conv groups).
+Patterns the analysis does not understand are left unpruned and named in the report.
+
+Scores for a group: each member's FPGM score over its own filters, summed over the
+members. A member is a conv or linear layer whose output channels the group holds;
+its "filter" for a unit is its filter rows for that unit (one row per channel; for a
+grouped conv, a unit is one conv group and its rows are concatenated). Selection is the
+official two-stage one (docs/design.md, algorithm and official selection; as
+``fpgm_ext.select``, the same code in ``fpgm_ext.selection``), over the group's
+N units with its floor counts: ``int(N * (1 - rate_norm))`` units of smallest norm (the
+sum over members of the L2 norm of their unit's rows), then ``int(N * rate_dist)`` of
+the remaining candidates with the smallest summed score, distances taken among the
+candidates only; the float64 rule's choice (float32 scores certified against it,
+fpgm_ext.certified), ties to the lower index. A group of one member is
+pruned exactly as ``fpgm_ext.select(weight, rate_dist, rate_norm)`` (unless
+``min_channels``, ``round_to`` or a ``PadShortcut`` constraint below keeps more).
+
+The scores of the whole model are computed in one ``distance_scores_multi`` call and all
+the weight surgery is one ``gather_channels`` call (``ops``: an object with those two
+functions, default the ``torch.ops.fpgm`` operators; ``fpgm_ext.reference`` is the
+pure-PyTorch one).
+
+Residual streams: a stream's group holds every producer of the stream (the stem, each
+block's last conv and BN, projection shortcuts), scored together and pruned at the same
+indices. With the parameter-free ``PadShortcut`` the streams before and after a stage
+change are separate groups; a channel of the later stream that the shortcut feeds is
+pruned only with its source channel (its zero-padded channels freely), the next unit in
+the selection order taken instead where needed, so the pruned model still equals the
+original with its pruned filters zeroed.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -62,30 +96,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     ``report.plan`` is the pruning plan: ``report.plan.save("plan.json")``, then
     ``fpgm_ext.apply_plan(fresh_model, "plan.json")`` rebuilds the pruned architecture.
 
-    Channel dependencies come from the graph (``torch.fx``, else ``torch.export`` with
-    ``example_inputs``; see ``fpgm_ext.pruning.graph``): the channels that must be removed
-    together form a *group* (a conv and its BatchNorm and consumers; all producers of a
-    residual stream; a depthwise or grouped conv with its input, in whole conv groups).
-    Patterns the analysis does not understand are left unpruned and named in the report.
-
-    Scores for a group: each member's FPGM score over its own filters, summed over the
-    members. A member is a conv or linear layer whose output channels the group holds;
-    its "filter" for a unit is its filter rows for that unit (one row per channel; for a
-    grouped conv, a unit is one conv group and its rows are concatenated). Selection is the
-    official two-stage one (docs/design.md, algorithm and official selection; as
-    ``fpgm_ext.select``, the same code in ``fpgm_ext.selection``), over the group's
-    N units with its floor counts: ``int(N * (1 - rate_norm))`` units of smallest norm (the
-    sum over members of the L2 norm of their unit's rows), then ``int(N * rate_dist)`` of
-    the remaining candidates with the smallest summed score, distances taken among the
-    candidates only; the float64 rule's choice (float32 scores certified against it,
-    fpgm_ext.certified), ties to the lower index. A group of one member is
-    pruned exactly as ``fpgm_ext.select(weight, rate_dist, rate_norm)`` (unless
-    ``min_channels``, ``round_to`` or a ``PadShortcut`` constraint below keeps more).
-
-    The scores of the whole model are computed in one ``distance_scores_multi`` call and all
-    the weight surgery is one ``gather_channels`` call (``ops``: an object with those two
-    functions, default the ``torch.ops.fpgm`` operators; ``fpgm_ext.reference`` is the
-    pure-PyTorch one).
+    How groups are found and scored, and which calls do the work: this module's docstring.
 
     Args:
         example_inputs: a tensor or tuple of positional inputs. Needed for the measured
@@ -97,13 +108,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
             alone: every group the module belongs to keeps all its channels, so the module
             keeps its shape on both sides.
         prune_residual: prune residual streams too (default, as the paper prunes every conv
-            layer). A stream's group holds every producer of the stream (the stem, each
-            block's last conv and BN, projection shortcuts), scored together and pruned at
-            the same indices. With the parameter-free ``PadShortcut`` the streams before and
-            after a stage change are separate groups; a channel of the later stream that the
-            shortcut feeds is pruned only with its source channel (its zero-padded channels
-            freely), the next unit in the selection order taken instead where needed, so
-            the pruned model still equals the original with its pruned filters zeroed.
+            layer; the module docstring says how a stream's producers are pruned together).
         min_channels: at least this many channels kept in every layer.
         round_to: kept channel counts rounded up to a multiple of this (e.g. 8), where the
             layer has that many channels to keep.
@@ -122,11 +127,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
             ``output_difference`` (that group alone pruned, against the original with its
             channels zeroed, on ``example_inputs``, over the largest output).
         target_flops, target_params: instead of ``rate_dist``, the fraction of the FLOPs
-            (measured as above) or of the parameters to remove, e.g. 0.5: the uniform
-            ``rate_dist`` (every group at one rate, the paper's semantics) whose reduction
-            is nearest the target, within 1 % where reachable; ``report.target`` says
-            what was reached and at which rate (``report.plan.meta["rate_dist"]`` too).
-            Scores are computed once for all the rates tried.
+            or of the parameters to remove, e.g. 0.5: the uniform ``rate_dist`` whose
+            reduction is nearest the target (target.py); ``report.target`` says which.
     """
     clock = _Clock()
     example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
