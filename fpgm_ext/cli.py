@@ -13,7 +13,6 @@ FPGM_EXT_DEBUG=1 shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import platform
@@ -23,11 +22,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from .cli_models import CliError, _first_line, load_model
+
 PROG = "fpgm-ext"
-
-
-class CliError(Exception):
-    """A user-facing error: its message is printed as one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,62 +65,6 @@ def _shape(text: str) -> List[int]:
     if len(dims) < 2 or any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"must be positive integers like 1,3,224,224, got '{text}'")
     return dims
-
-
-# ------------------------------------------------------------------------- models
-BUILTIN = re.compile(r"^(?:cifar_)?resnet(\d+)$")
-
-
-def builtin_names() -> List[str]:
-    from .models import CIFAR_DEPTHS
-
-    return [f"cifar_resnet{d}" for d in CIFAR_DEPTHS]
-
-
-def _torchvision_names() -> List[str]:
-    try:
-        import torchvision
-    except ImportError:
-        return []
-    return list(torchvision.models.list_models())
-
-
-def load_model(spec: str, num_classes: Optional[int] = None):
-    """(model, default input shape, description) for a built-in name, a torchvision model
-    name or a saved ``.pt`` file (a whole pickled module)."""
-    import torch
-    from torch import nn
-
-    from . import models
-
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    path = Path(spec)
-    if spec.endswith((".pt", ".pth")) or path.exists() or os.sep in spec:
-        if not path.is_file():
-            raise CliError(f"cannot read '{spec}': no such file")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CliError(f"cannot read '{spec}': not a file saved by torch.save "
-                           f"({type(exc).__name__}: {_first_line(exc)})") from None
-        if isinstance(obj, dict):
-            raise CliError(f"'{spec}' holds a dict (a state_dict?), not a model: save the module "
-                           "itself, torch.save(model, path), or name its architecture instead")
-        if not isinstance(obj, nn.Module):
-            raise CliError(f"'{spec}' holds a {type(obj).__name__}, not a torch.nn.Module")
-        shape = [1, 3, 32, 32] if isinstance(obj, models.CifarResNet) else None
-        return obj, shape, f"{type(obj).__name__} from {spec}"
-    m = BUILTIN.match(spec)
-    if m and (spec.startswith("cifar_") or int(m.group(1)) in models.CIFAR_DEPTHS):
-        return models.cifar_resnet(int(m.group(1)), **kwargs), [1, 3, 32, 32], f"CIFAR ResNet-{m.group(1)}"
-    names = _torchvision_names()
-    if spec in names:
-        return models.torchvision(spec, **kwargs), [1, 3, 224, 224], f"torchvision {spec} (untrained)"
-    close = difflib.get_close_matches(spec, builtin_names() + names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    tv = "a torchvision model name" if names else "a torchvision model name (torchvision is not installed)"
-    raise CliError(f"unknown model '{spec}': not a built-in ({', '.join(builtin_names())}), {tv}, "
-                   f"or a .pt file{hint}")
 
 
 # ------------------------------------------------------------------------ commands
@@ -185,7 +126,12 @@ def cmd_prune(args) -> int:
     print(f"{what}, input {list(shape)}, rate_dist {rate_dist:g}, rate_norm {args.rate_norm}, "
           f"metric {args.metric}\n")
     print(report.to_markdown(layers=True))
-    if args.out:
+    if args.out and type(pruned).__module__.startswith("ultralytics."):
+        from .integrations import ultralytics
+
+        ultralytics.save(pruned, args.out, report)
+        print(f"\nsaved the pruned model to {args.out} (ultralytics.YOLO(path))")
+    elif args.out:
         torch.save(pruned, args.out)
         print(f"\nsaved the pruned model to {args.out} (torch.load(path, weights_only=False))")
     if args.plan:
@@ -337,11 +283,6 @@ def _version() -> str:
         return version("fpgm_ext")
     except Exception:
         return "0.1.0"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

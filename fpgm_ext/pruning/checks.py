@@ -12,19 +12,15 @@ import torch
 from torch import nn
 
 from .graph.tracing import _ModeGuard
+from .outputs import Outputs
 from .plan import Plan, apply_fitting, build_plan, zero_pruned
 
 EAGER_RTOL = 1e-3   # a wrong pruning differs by O(1); exact ones by float rounding (~1e-6)
 EXACT_RTOL_FLOAT64 = 1e-9   # in float64, exact ones differ by ~1e-13
 
-def _tensors(out) -> List[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
+def _tensors(out, outputs: Outputs) -> List[torch.Tensor]:
+    """The output tensors the pruned model must give by value (../outputs.py)."""
+    return [t for t in outputs.kept(out) if isinstance(t, torch.Tensor)]
 
 
 def against_masked(model, analysis, kept, meta, example_inputs, ops) -> Tuple[Optional[float], str]:
@@ -37,7 +33,8 @@ def against_masked(model, analysis, kept, meta, example_inputs, ops) -> Tuple[Op
         pruned = apply_fitting(model, alone, False, ops)
         masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
         with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
-            got, want = _tensors(pruned(*example_inputs)), _tensors(masked(*example_inputs))
+            got = _tensors(pruned(*example_inputs), analysis.outputs)
+            want = _tensors(masked(*example_inputs), analysis.outputs)
     except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
         first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
         return None, f"the model fails on the example inputs ({type(exc).__name__}: {first})"
@@ -62,7 +59,8 @@ def _not_exact(model, analysis, kept, meta, example_inputs, ops) -> Optional[str
         return f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
     for dtype, tolerance in ((torch.float64, EXACT_RTOL_FLOAT64), (None, EAGER_RTOL)):
         try:
-            runs = [_outputs(model, pruned, masked, example_inputs, dtype, training) for training in (False, True)]
+            runs = [_outputs(model, pruned, masked, example_inputs, dtype, training, analysis.outputs)
+                    for training in (False, True)]
         except Exception as exc:   # noqa: BLE001 - the model's code holds a size (or no float64)
             if dtype is None:
                 return f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
@@ -78,7 +76,7 @@ def _not_exact(model, analysis, kept, meta, example_inputs, ops) -> Optional[str
     return None
 
 
-def _outputs(model, pruned, masked, example_inputs, dtype, training: bool):
+def _outputs(model, pruned, masked, example_inputs, dtype, training: bool, outputs: Outputs):
     """(pruned's outputs, masked's) on the example inputs, in eval or in training mode
     (torch.export saw eval mode only: code on a branch of ``self.training`` shows here;
     the random draws of both forwards start from one seed), both models (and the floating
@@ -95,7 +93,7 @@ def _outputs(model, pruned, masked, example_inputs, dtype, training: bool):
             _no_dropout(m)
             torch.manual_seed(0)
             with torch.no_grad():
-                outs.append(_tensors(m(*inputs)))
+                outs.append(_tensors(m(*inputs), outputs))
     return outs[0], outs[1]
 
 

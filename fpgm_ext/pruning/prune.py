@@ -54,6 +54,7 @@ from .checks import eager_checked, measure_approximation
 from .config import Settings
 from .decide import decide
 from .layers import handler_for
+from .families import outputs_for
 from .plan import Plan, apply_fitting, apply_plan
 from .report import LayerStat, PruneReport
 from .tracer import analyse_model
@@ -68,7 +69,7 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
               rate_dist: float = 0.4, rate_norm: float = 1.0, metric: str = "l2", *,
               ignore: Union[str, Sequence[str]] = (), prune_residual: bool = True,
               min_channels: int = 1, round_to: int = 1, trace: str = "auto", ops=None,
-              analysis: Optional[_graph.Analysis] = None) -> Plan:
+              analysis: Optional[_graph.Analysis] = None, outputs=None) -> Plan:
     """The plan ``prune`` would apply to ``model``, decided on its current weights, without
     the surgery (arguments as ``prune``). ``analysis``: the result of
     ``fpgm_ext.pruning.analyse(model, example_inputs, trace)``, to skip the trace when the
@@ -79,7 +80,7 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
                                               min_channels, round_to, trace)
     settings = Settings(rate_dist, rate_norm, metric, ignore, prune_residual, min_channels, round_to, False, ops)
     if analysis is None:
-        analysis, _ = analyse_model(model, example_inputs, trace)
+        analysis, _ = analyse_model(model, example_inputs, trace, outputs=outputs_for(model, outputs))
     plan = decide(model, analysis, settings)
     return eager_checked(model, analysis, plan, example_inputs, ops,
                          lambda why: decide(model, analysis, settings, refused=why))[0]
@@ -90,7 +91,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
           ignore: Union[str, Sequence[str]] = (), prune_residual: bool = True,
           min_channels: int = 1, round_to: int = 1, inplace: bool = False,
           trace: str = "auto", measure: bool = True, ops=None, approximate: bool = False,
-          target_flops: Optional[float] = None, target_params: Optional[float] = None) -> PruneResult:
+          target_flops: Optional[float] = None, target_params: Optional[float] = None,
+          outputs=None) -> PruneResult:
     """FPGM filter pruning of a whole model: returns ``(pruned_model, report)``, the pruned
     model physically smaller (a new module; ``model`` is untouched unless ``inplace=True``).
     ``report.plan`` is the pruning plan: ``report.plan.save("plan.json")``, then
@@ -129,6 +131,9 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         target_flops, target_params: instead of ``rate_dist``, the fraction of the FLOPs
             or of the parameters to remove, e.g. 0.5: the uniform ``rate_dist`` whose
             reduction is nearest the target (target.py); ``report.target`` says which.
+        outputs: a function picking the outputs the pruned model must give by value, e.g.
+            ``lambda out: out[0]``; the others may lose channels. Default: all, but for a
+            family whose outputs include maps read for their shapes only (outputs.py).
     """
     clock = _Clock()
     example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
@@ -141,7 +146,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     do_measure = measure and example_inputs is not None
     recorder = _flops.FlopRecorder() if do_measure else None
     with clock("trace and analyse"):
-        analysis, tracer_note = analyse_model(model, example_inputs, trace, flops=recorder)
+        analysis, tracer_note = analyse_model(model, example_inputs, trace, recorder, outputs_for(model, outputs))
     layers_before, params_before = _layers(model), _params(model)
     with clock("measure"):
         before, sizes = _measure_before(model, example_inputs, recorder) if do_measure else (None, None)
@@ -159,7 +164,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         after = _measure_after(pruned, example_inputs, before, sizes) if do_measure else None
     layers = _layer_stats(layers_before, _layers(pruned), before, after)
     report = PruneReport(
-        plan=plan, tracer=analysis.tracer, tracer_note=tracer_note,
+        plan=plan, tracer=analysis.tracer, tracer_note=tracer_note, outputs_note=analysis.outputs.note,
         flops_before=before.flops if before else None, flops_after=after.flops if after else None,
         params_before=params_before, params_after=_params(pruned),
         layers=layers, unsupported=list(dict.fromkeys(analysis.unsupported)), timings=clock.total(),

@@ -33,6 +33,7 @@ class PruneReport:
     timings: Dict[str, float] = field(default_factory=dict)
     target: Optional[Any] = None                  # target.TargetResult with target_flops/_params
     tracer_note: str = ""                         # trace="auto": why this tracer's analysis
+    outputs_note: str = ""                        # outputs that may lose channels (outputs.py)
 
     @property
     def groups(self) -> List[Dict[str, Any]]:
@@ -69,8 +70,9 @@ class PruneReport:
                          f"({100 * self.flops_reduction:.1f} % fewer, measured)")
         lines.append(f"  params {self.params_before:,} -> {self.params_after:,} "
                      f"({100 * self.params_reduction:.1f} % fewer)")
-        if self.tracer_note:
-            lines.append("  " + self.tracer_note)
+        for note in (self.tracer_note, self.outputs_note):
+            if note:
+                lines.append("  " + note)
         if self.target is not None:
             lines.append("  " + self.target.summary())
         for g in self.approximate:

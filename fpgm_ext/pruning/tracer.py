@@ -18,20 +18,20 @@ def _prunable(analysis) -> int:
     return _channels(analysis, lambda g: not g.reasons)
 
 
-def analyse_model(model, example_inputs, trace: str, flops=None):
+def analyse_model(model, example_inputs, trace: str, flops=None, outputs=None):
     """(analysis, why this tracer). ``trace="auto"``: torch.fx's analysis; where fx leaves
     at least a quarter of the conv and linear channels alone for ops it does not know (and
     example inputs allow it), torch.export's too, and whichever leaves more channels
     prunable (fx on a tie). torch.export costs seconds (more on its first call in a
     process); models fx (nearly) fully understands, most CNNs, pay for one trace only."""
-    analysis = _graph.analyse(model, example_inputs, trace, flops=flops)
+    analysis = _graph.analyse(model, example_inputs, trace, flops, outputs)
     if trace != "auto" or analysis.tracer != "fx" or not analysis.unsupported or example_inputs is None:
         return analysis, ""
     blocked = _channels(analysis, lambda g: any("unsupported op" in r for r in g.reasons))
     if 4 * blocked < _channels(analysis):
         return analysis, ""
     try:
-        other = _graph.analyse(model, example_inputs, "export")
+        other = _graph.analyse(model, example_inputs, "export", outputs=outputs)
     except _graph.TraceFailure:
         return analysis, "torch.export could not trace it either"
     _carry_eager_reasons(analysis, other)

@@ -75,10 +75,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from torch import nn
 
+from ..families import outputs_for
+from ..outputs import Outputs
 from .analyzer import Analyzer
 from .export import _visit_export
 from ..layers import registered_handlers
@@ -99,15 +101,19 @@ __all__ = ["Analysis", "Group", "Space", "Use", "Val", "Seg", "Tup", "NOT_TENSOR
            "analyse", "trace", "RULES", "TABLE", "Entry", "entry_of"]
 
 
-def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=None) -> Analysis:
+def analyse(model: nn.Module, example_inputs=None, method: str = "auto", flops=None,
+            outputs: Optional[Outputs] = None) -> Analysis:
     """Traces ``model`` and returns its channel groups (see the module docstring).
     ``flops``: a ``flops.FlopRecorder`` that counts the FLOPs of the run that finds the
-    shapes (fx only), so that ``prune`` need not run the model again to measure it."""
+    shapes (fx only), so that ``prune`` need not run the model again to measure it.
+    ``outputs``: the outputs that keep their channels (../outputs.py; default: the model
+    family's rule, else all)."""
+    outputs = outputs_for(model) if outputs is None else outputs
     with untouched(model):   # (fx's trace constants, what a forward caches while traced)
-        return _analyse(model, example_inputs, method, flops)
+        return _analyse(model, example_inputs, method, flops, outputs)
 
 
-def _analyse(model, example_inputs, method, flops) -> Analysis:
+def _analyse(model, example_inputs, method, flops, outputs: Outputs) -> Analysis:
     traced = trace(model, example_inputs, method, flops)
     # A pass may find that a producer's channels must be cut into sub-spaces (a residual
     # addition of a concatenation, a depthwise conv on one): the next pass starts with
@@ -115,7 +121,7 @@ def _analyse(model, example_inputs, method, flops) -> Analysis:
     cuts: Dict[str, set] = {}
     radix: set = set()   # producers laid out in radix groups (radix.py), for the next pass
     for _ in range(MAX_PASSES):
-        A = _walk(model, traced, cuts, radix)
+        A = _walk(model, traced, outputs, cuts, radix)
         if not A.requests and A.radix.found <= radix:
             break
         for producer, at in A.requests.items():
@@ -124,7 +130,7 @@ def _analyse(model, example_inputs, method, flops) -> Analysis:
     if traced.tracer == "fx":
         for node, why in other_mode_uses(model, traced.graph, _fx_graph).items():
             A.freeze(A.vals.get(node), why)
-    return _finish(A)
+    return _finish(A, outputs)
 
 
 MAX_PASSES = 8
@@ -149,9 +155,11 @@ def check_rules() -> None:
 check_rules()
 
 
-def _walk(model, traced: Traced, cuts, radix=frozenset()) -> Analyzer:
+def _walk(model, traced: Traced, outputs: Outputs, cuts, radix=frozenset()) -> Analyzer:
     """One pass over the traced graph, starting from the cuts and radix producers found."""
     A = Analyzer(model, traced.shapes, traced.tracer, traced.names, {k: set(v) for k, v in cuts.items()}, radix)
+    A.outputs = outputs
+    A.out_spec = traced.owner.call_spec.out_spec if traced.tracer == "export" else None
     fx = traced.tracer == "fx"
     if fx:
         find_standardised(A, traced.graph)
@@ -168,7 +176,7 @@ def _walk(model, traced: Traced, cuts, radix=frozenset()) -> Analyzer:
     return A
 
 
-def _finish(A: Analyzer) -> Analysis:
+def _finish(A: Analyzer, outputs: Outputs) -> Analysis:
     A.check_size_links()
     roots: Dict[int, List[int]] = {}
     for s in range(len(A.spaces)):
@@ -195,4 +203,4 @@ def _finish(A: Analyzer) -> Analysis:
         for s in spaces:
             group_of[s] = gid
     return Analysis(A.tracer, A.spaces, A.uses, groups, group_of, A.unsupported, dict(A.channel_ops),
-                    dict(A.head_ops), dict(A.param_dims), list(A.equal_counts))
+                    dict(A.head_ops), dict(A.param_dims), list(A.equal_counts), outputs)

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from torch import nn
 
+from ..outputs import ALL
 from .layer_rules import LayerRules
 from .model import ChannelOp, EqualCounts, HeadOp, Space, Use
 from .spaces import SpaceGraph
@@ -43,6 +44,8 @@ class Analyzer(SpaceGraph, LayerRules, TensorRules):
         self.head_ops: Dict[str, HeadOp] = {}         # the reshapes the plan rewrites
         self.param_dims: Dict[str, int] = {}    # parameter members: qualified name -> channel dim
         self.equal_counts: List[EqualCounts] = []   # export chunks: pieces pruned alike
+        self.outputs = ALL        # the outputs that keep their channels (../outputs.py)
+        self.out_spec = None      # export: the pytree spec of the graph's flat outputs
         # the fx-only extensions' state
         self.std = Standardised()
         self.radix = RadixState(hint=set(radix or ()))

@@ -91,7 +91,7 @@ def _visit_export(A: Analyzer, node, user_inputs):
             return A.opaque(node, f"the parameter or buffer {A.param_names[node.name]} is used as a tensor")
         return A.opaque(node, "the model's input channels")
     if node.op == "output":
-        A.freeze(args, "it reaches the model's output")
+        A.freeze(A.outputs.kept_flat(args[0], A.out_spec), "it reaches the model's output")
         return None
     if node.op != "call_function":
         return A.unknown(node, node.op, (args, kwargs))

@@ -68,7 +68,7 @@ def _visit_fx(A: Analyzer, node, gm):
     if node.op == "get_attr":
         return _get_attr(A, node, gm)
     if node.op == "output":
-        A.freeze(args, "it reaches the model's output")
+        A.freeze(A.outputs.kept(args[0]), "it reaches the model's output")
         return None
     module = gm.get_submodule(node.target) if node.op == "call_module" else None
     for extension in EXTENSIONS:

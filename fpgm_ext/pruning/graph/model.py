@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
+from ..outputs import ALL, Outputs
+
 
 # A reason that starts with this leaves a group alone only by default: the group's pruning
 # changes a normalisation's statistics (a LayerNorm over the channels), which
@@ -176,6 +178,7 @@ class Analysis:
     head_ops: Dict[str, HeadOp] = field(default_factory=dict)         # fx node -> its reshape
     param_dims: Dict[str, int] = field(default_factory=dict)   # parameter members -> channel dim
     equal_counts: List[EqualCounts] = field(default_factory=list)   # export chunks
+    outputs: Outputs = ALL            # the outputs that keep their channels (../outputs.py)
     _members: Optional[Dict[int, List[str]]] = field(default=None, repr=False, compare=False)
 
     def producers(self, group: Group) -> List[Use]:

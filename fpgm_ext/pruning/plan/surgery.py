@@ -7,6 +7,7 @@ from typing import Dict, Iterator, Tuple
 from torch import nn
 
 from ...ops import gather_channels as _gather_channels
+from ..families import family_of
 from ..layers import TENSOR_ENTRY_TYPES, TENSOR_MEMBER, Surgery, handler_for
 from .copy import copy_for_surgery
 from .format import Plan, as_plan, check_architecture
@@ -32,6 +33,7 @@ def apply_fitting(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module
     """``apply_plan`` of a plan known to fit ``model`` (``prune``'s own, just made from it)."""
     if not inplace:
         model = copy_for_surgery(model, _replaced(model, plan))
+    refit = family_of(model).refit(model)   # attributes its code reads as channel counts
     modules = dict(model.named_modules())
     batch = Surgery()
     for name, entry in plan.modules.items():
@@ -45,6 +47,7 @@ def apply_fitting(model: nn.Module, plan: Plan, inplace: bool, ops) -> nn.Module
                              "which apply_plan does not know how to prune")
         handler.surgery(name, m, entry, batch)
     batch.run(_gather_channels if ops is None else ops.gather_channels)
+    refit(model)
     if plan.graph:
         return rewrite_graph(model, plan.graph)
     return model

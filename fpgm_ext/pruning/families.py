@@ -1,0 +1,55 @@
+"""Model families whose code the pruner must know beyond their layers, found by the module
+of the model's class and imported only for such a model:
+
+- the outputs their users read for their shapes only (outputs.py), which may lose channels;
+- the attributes their code reads as channel counts where the analysis sees a constant (a
+  ``split((self.c, self.c))`` that torch.export's graph shows as two numbers, in a forward
+  the model runs only when exported): ``refit(model)``, called before the surgery, returns
+  what sets them on the pruned model after it.
+
+Ultralytics (fpgm_ext.integrations.ultralytics) is the one known today.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from .outputs import ALL, Outputs, selected
+
+
+def _unchanged(pruned: nn.Module) -> None:
+    return None
+
+
+def _nothing_to_refit(model: nn.Module) -> Callable[[nn.Module], None]:
+    return _unchanged
+
+
+@dataclass(frozen=True)
+class Family:
+    outputs: Outputs = ALL
+    refit: Callable[[nn.Module], Callable[[nn.Module], None]] = _nothing_to_refit
+
+
+ANY = Family()
+
+# The module prefix of a model's class -> where its family's ``Family`` lives.
+FAMILIES = {"ultralytics.": "fpgm_ext.integrations.ultralytics:FAMILY"}
+
+
+def family_of(model: nn.Module) -> Family:
+    module = type(model).__module__ or ""
+    for prefix, where in FAMILIES.items():
+        if module.startswith(prefix):
+            path, name = where.split(":")
+            return getattr(importlib.import_module(path), name)
+    return ANY
+
+
+def outputs_for(model: nn.Module, select: Optional[Callable[[Any], Any]] = None) -> Outputs:
+    """The outputs ``model`` must keep: ``select``'s (``prune(..., outputs=)``), else its
+    family's rule, else all."""
+    return selected(select) if select is not None else family_of(model).outputs
