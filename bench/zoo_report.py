@@ -1,6 +1,6 @@
 """fpgm_ext.prune with default settings on a broad sample of timm models (and, where
 ultralytics is installed, Ultralytics' YOLOv8n / YOLO11n detect, segment, pose and OBB
-models, never run before pruning, 256 x 256 inputs, each output compared): how much each
+models, never run before pruning, 256 x 256 inputs, each output compared but the heads' "feats", which may lose channels): how much each
 model loses (measured parameters and FLOPs, after / before), whether the pruned model is
 exact, how long pruning takes, and which channel groups were left alone, and why.
 
@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # python bench/zoo_report.py
 import torch
 
 import fpgm_ext
+from fpgm_ext.pruning.families import outputs_for
 from bench.harness import generated_note, machine_lines, now_utc, section_markers, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,12 +92,10 @@ def _build(name: str, randomize):
     return model, torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _tensors(out) -> list:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in _tensors(o)] if isinstance(out, (list, tuple)) else []
+def _compared(model, out) -> list:
+    """The output tensors compared by value: all, but those the model's family lets lose
+    channels (fpgm_ext/pruning/families.py: Ultralytics' "feats")."""
+    return [t for t in outputs_for(model).kept(out) if isinstance(t, torch.Tensor)]
 
 
 def run_model(name: str, rate: float, randomize, masked_original) -> dict:
@@ -105,8 +104,8 @@ def run_model(name: str, rate: float, randomize, masked_original) -> dict:
     pruned, report = fpgm_ext.prune(model, x, rate_dist=rate)
     seconds = time.perf_counter() - start
     with torch.no_grad():   # (several outputs: the largest difference over the largest output)
-        ref = _tensors(masked_original(model, pruned).eval()(x))
-        out = _tensors(pruned.eval()(x))
+        ref = _compared(model, masked_original(model, pruned).eval()(x))
+        out = _compared(model, pruned.eval()(x))
     scale = max(float(t.abs().max()) for t in ref)
     error = max(float((a - b).abs().max()) for a, b in zip(out, ref)) / max(scale, 1e-30)
     alone = report.left_alone

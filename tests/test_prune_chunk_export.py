@@ -9,7 +9,7 @@ from torch import nn
 
 import fpgm_ext
 
-from masking import assert_exact_by_value, masked_original
+from masking import assert_exact_by_value
 from test_prune import randomize
 
 
