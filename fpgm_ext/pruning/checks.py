@@ -17,6 +17,9 @@ from .plan import Plan, apply_fitting, build_plan, zero_pruned
 
 EAGER_RTOL = 1e-3   # a wrong pruning differs by O(1); exact ones by float rounding (~1e-6)
 EXACT_RTOL_FLOAT64 = 1e-9   # in float64, exact ones differ by ~1e-13
+# The analyses whose plans are checked on the model's code: torch.export's graph holds
+# sizes as constants; the module structure (structure.py) does not see the code at all.
+CHECKED_TRACERS = ("export", "structure")
 
 def _tensors(out, outputs: Outputs) -> List[torch.Tensor]:
     """The output tensors the pruned model must give by value (../outputs.py)."""
@@ -104,8 +107,9 @@ def _no_dropout(model) -> None:
     for m in model.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
             m.p = 0.0
-        if isinstance(getattr(m, "drop_prob", None), float):
-            m.drop_prob = 0.0
+        for name, value in list(vars(m).items()):   # drop_prob, attention_dropout (HF), ...
+            if isinstance(value, float) and ("drop" in name):
+                setattr(m, name, 0.0)
 
 
 def _first(exc) -> str:
@@ -144,19 +148,24 @@ def _check_eager(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
     if not exact or fails(exact) is None:
         return {}
     failed = {}
+    source = _SOURCES[analysis.tracer]
     for gid, kept in exact.items():
         why = fails({gid: kept})
         if why is not None:
-            failed[gid] = f"traced by torch.export, whose graph holds sizes as constants: {why} " \
-                          f"(the model's code reads a size of these channels)"
-    return failed or {gid: "traced by torch.export: the pruned groups together do not give the masked "
-                           "original on the example inputs" for gid in exact}
+            failed[gid] = f"{source}: {why} (the model's code reads a size of these channels)"
+    return failed or {gid: f"{source}: the pruned groups together do not give the masked original on the "
+                           "example inputs" for gid in exact}
+
+
+# What the analysis of each checked tracer could not see, for the reasons of refused groups.
+_SOURCES = {"export": "traced by torch.export, whose graph holds sizes as constants",
+            "structure": "analysed from the module structure, which does not read the model's code"}
 
 
 def eager_checked(model, analysis, plan, example_inputs, ops, decide) -> Tuple[Plan, Dict[int, str]]:
     """A plan from torch.export's analysis, checked on the model's code (``_check_eager``):
     made again by ``decide(refused)`` without the groups it does not take."""
-    if analysis.tracer != "export" or example_inputs is None:
+    if analysis.tracer not in CHECKED_TRACERS or example_inputs is None:
         return plan, {}
     refused = _check_eager(model, analysis, plan, example_inputs, ops)
     return (decide(refused) if refused else plan), refused

@@ -4,10 +4,12 @@ of the model's class and imported only for such a model:
 - the outputs their users read for their shapes only (outputs.py), which may lose channels;
 - the attributes their code reads as channel counts where the analysis sees a constant (a
   ``split((self.c, self.c))`` that torch.export's graph shows as two numbers, in a forward
-  the model runs only when exported): ``refit(model)``, called before the surgery, returns
-  what sets them on the pruned model after it.
+  the model runs only when exported; attention head counts): ``refit(model)``, called
+  before the surgery, returns what sets them on the pruned model after it;
+- an analysis from the module structure, for families no tracer follows (structure.py).
 
-Ultralytics (fpgm_ext.integrations.ultralytics) is the one known today.
+Ultralytics (fpgm_ext.integrations.ultralytics) and Hugging Face transformers
+(fpgm_ext.integrations.transformers) are the ones known today.
 """
 from __future__ import annotations
 
@@ -32,12 +34,16 @@ def _nothing_to_refit(model: nn.Module) -> Callable[[nn.Module], None]:
 class Family:
     outputs: Outputs = ALL
     refit: Callable[[nn.Module], Callable[[nn.Module], None]] = _nothing_to_refit
+    # (model, example inputs, outputs) -> the family's analysis from the module structure
+    # (structure.py), or None where it finds nothing it knows: then the graph's
+    analyse: Optional[Callable[[nn.Module, Any, Outputs], Any]] = None
 
 
 ANY = Family()
 
 # The module prefix of a model's class -> where its family's ``Family`` lives.
-FAMILIES = {"ultralytics.": "fpgm_ext.integrations.ultralytics:FAMILY"}
+FAMILIES = {"ultralytics.": "fpgm_ext.integrations.ultralytics:FAMILY",
+            "transformers.": "fpgm_ext.integrations.transformers:FAMILY"}
 
 
 def family_of(model: nn.Module) -> Family:

@@ -50,7 +50,7 @@ from .._checks import check_prune_args
 from . import flops as _flops
 from . import graph as _graph
 from . import target as _target
-from .checks import eager_checked, measure_approximation
+from .checks import CHECKED_TRACERS, eager_checked, measure_approximation
 from .config import Settings
 from .decide import decide
 from .layers import handler_for
@@ -152,7 +152,7 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         before, sizes = _measure_before(model, example_inputs, recorder) if do_measure else (None, None)
     with clock("score and select"):
         plan, target = _plan(model, analysis, settings, goal, example_inputs, before, sizes, params_before)
-    with clock("eager check", keep=analysis.tracer == "export"):
+    with clock("eager check", keep=analysis.tracer in CHECKED_TRACERS):
         plan, refused = eager_checked(model, analysis, plan, example_inputs, ops, lambda why: decide(
             model, analysis, settings.at_rate(plan.meta["rate_dist"]), refused=why))
     if example_inputs is not None and any(g.get("approximate") for g in plan.groups):

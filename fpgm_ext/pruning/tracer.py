@@ -4,6 +4,7 @@ too, whichever leaves more channels prunable."""
 from __future__ import annotations
 
 from . import graph as _graph
+from .families import family_of
 from .graph.sizes import EAGER_REASONS
 
 
@@ -24,6 +25,11 @@ def analyse_model(model, example_inputs, trace: str, flops=None, outputs=None):
     example inputs allow it), torch.export's too, and whichever leaves more channels
     prunable (fx on a tie). torch.export costs seconds (more on its first call in a
     process); models fx (nearly) fully understands, most CNNs, pay for one trace only."""
+    family = family_of(model)
+    if trace == "auto" and family.analyse is not None:
+        found = family.analyse(model, example_inputs, outputs or family.outputs)
+        if found is not None:
+            return found, "analysed from the module structure (its blocks known by their modules; checked on its code)"
     analysis = _graph.analyse(model, example_inputs, trace, flops, outputs)
     if trace != "auto" or analysis.tracer != "fx" or not analysis.unsupported or example_inputs is None:
         return analysis, ""

@@ -152,6 +152,12 @@ class Layer:
         zeroing the pruned channels in place zeroes (``pruned_masks``)."""
         return {}
 
+    def input_masks(self, name: str, m: nn.Module, entry: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """attribute -> bool mask of the tensor's own shape (True: kept) over the pruned
+        input channels, for the masked model (``zero_pruned``): a consumer whose pruned
+        inputs are not zero there (an attention head's output, when its key and value stay)."""
+        return {}
+
     def weight_size_after(self, m: nn.Module, entry: Dict[str, Any]) -> Optional[int]:
         """``weight.numel()`` once ``entry`` is applied (FLOPs of a conv or linear layer scale by it)."""
         return None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..rule import Rule
-from .base import Channels, Layer, Surgery, affine_masks, check_size, kept_indices
+from .base import Channels, Layer, Surgery, affine_masks, check_size, keep_mask, kept_indices
 
 class Conv(Layer):
     """A conv-like layer: ``weight`` ``[out, in / groups, *kernel]``, ``bias`` ``[out]``
@@ -106,6 +106,13 @@ class Conv(Layer):
 
     def masks(self, name, m, entry):
         return affine_masks(name, m, "out", "out_size", entry)
+
+    def input_masks(self, name, m, entry):
+        w = m.weight
+        if "in" not in entry or self.channels(m).groups != 1 or w.shape[1] != entry["in_size"]:
+            return {}   # (a grouped conv's pruned inputs are its pruned outputs' groups)
+        keep = keep_mask(entry["in_size"], entry["in"], w.device)
+        return {"weight": keep.reshape((1, -1) + (1,) * (w.dim() - 2)).expand_as(w)}
 
     def params_removed(self, m, entry) -> int:
         removed = m.weight.numel() - self.weight_size_after(m, entry)

@@ -36,12 +36,24 @@ def pruned_masks(model: nn.Module, plan) -> Dict[str, torch.Tensor]:
 
 def zero_pruned(model: nn.Module, plan) -> nn.Module:
     """Zeroes, in place, the channels that ``plan`` prunes (the tensors of
-    ``pruned_masks``): the masked model, whose outputs the physically pruned
-    ``apply_plan(model, plan)`` reproduces. Returns ``model``."""
+    ``pruned_masks``) and the pruned input channels of every conv and linear layer: the
+    masked model, whose outputs the physically pruned ``apply_plan(model, plan)``
+    reproduces. Returns ``model``."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     with torch.no_grad():
-        for name, keep in pruned_masks(model, plan).items():
+        for name, keep in {**pruned_masks(model, plan), **_input_masks(model, as_plan(plan))}.items():
             t = params.get(name, buffers.get(name))
             t.masked_fill_(~keep.reshape((-1,) + (1,) * (t.dim() - 1)) if keep.dim() == 1 else ~keep, 0)
     return model
+
+
+def _input_masks(model: nn.Module, plan) -> Dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    masks: Dict[str, torch.Tensor] = {}
+    for name, e in plan.modules.items():
+        m = modules.get(name)
+        handler = handler_for(m) if m is not None and e.get("type") not in TENSOR_ENTRY_TYPES else None
+        for attr, keep in (handler.input_masks(name, m, e) if handler is not None else {}).items():
+            masks[f"{name}.{attr}" if name else attr] = keep
+    return masks

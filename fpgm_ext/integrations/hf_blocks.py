@@ -1,0 +1,210 @@
+"""The blocks of Hugging Face transformers models the pruner knows by their modules, and
+what pruning them changes beyond the weights.
+
+- Attention: ``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj`` (Llama, Mistral, Qwen2/3,
+  Gemma, HF ViT, ...), BERT's ``self.query`` / ``self.key`` / ``self.value`` /
+  ``output.dense``, or a fused ``qkv_proj`` (Phi-3) with ``o_proj``, all ``nn.Linear``,
+  with the head width as an attribute (``head_dim``, ``attention_head_size``). Without
+  grouped key/value heads, whole heads go from q, k and v; with them (GQA), query heads go
+  in equal numbers from every key/value group (its key/value head stays), so that
+  ``num_key_value_groups`` stays a whole number. The output projection loses the columns.
+- MLP: gated (``gate_proj`` and ``up_proj`` scored together, ``down_proj``'s columns; a fused
+  ``gate_up_proj`` whose halves are chunked), or plain (``fc1`` / ``fc2``,
+  BERT's ``intermediate.dense`` / ``output.dense``).
+
+The residual stream's width stays (RMSNorm / LayerNorm statistics over it would change).
+After the surgery, ``refit`` sets the head counts the code reads (``num_heads``,
+``num_key_value_groups``, ``all_head_size``, ...) and the config's sizes where every layer
+ends alike (config.py of this package says when the config describes the model).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from torch import nn
+
+from ..pruning.structure import StructureBuilder
+
+# (q, k, v, o) relative to the attention module, and where its head width is
+ATTENTION = [(("q_proj", "k_proj", "v_proj", "o_proj"), ""),
+             (("self.query", "self.key", "self.value", "output.dense"), "self")]
+FUSED_ATTENTION = [("qkv_proj", "o_proj")]
+GATED_MLP = [("gate_proj", "up_proj", "down_proj")]
+FUSED_GATED_MLP = [("gate_up_proj", "down_proj")]
+PLAIN_MLP = [("fc1", "fc2"), ("intermediate.dense", "output.dense")]
+HEAD_WIDTH = ("head_dim", "attention_head_size")
+
+
+@dataclass(frozen=True)
+class Attention:
+    name: str                 # the module whose attributes hold the head counts
+    q: str                    # module names; for a fused projection q == k == v
+    k: str
+    v: str
+    o: str
+    head_dim: int
+    heads: int
+    kv_heads: int
+
+    @property
+    def fused(self) -> bool:
+        return self.q == self.k
+
+    @property
+    def grouped(self) -> bool:   # GQA: query heads pruned within their key/value group
+        return self.kv_heads < self.heads
+
+
+@dataclass(frozen=True)
+class Mlp:
+    name: str
+    producers: Tuple[str, ...]    # gate and up (or fc1); a fused gate_up: one, in halves
+    consumer: str
+    width: int
+    fused: bool = False
+
+
+def _linear(modules, name) -> Optional[nn.Linear]:
+    m = modules.get(name)
+    return m if type(m) is nn.Linear else None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _head_dim(module) -> Optional[int]:
+    for attr in HEAD_WIDTH:
+        v = getattr(module, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def find_attention(model: nn.Module) -> List[Attention]:
+    modules = dict(model.named_modules())
+    found = []
+    for name, m in modules.items():
+        for (q, k, v, o), where in ATTENTION:
+            lin = [_linear(modules, _join(name, p)) for p in (q, k, v, o)]
+            hd = _head_dim(modules.get(_join(name, where))) if all(lin) else None
+            if hd and lin[0].out_features % hd == 0 and lin[1].out_features % hd == 0 and \
+                    lin[1].out_features == lin[2].out_features and lin[3].in_features == lin[0].out_features:
+                heads, kv = lin[0].out_features // hd, lin[1].out_features // hd
+                if heads % kv == 0:
+                    found.append(Attention(_join(name, where), *(_join(name, p) for p in (q, k, v, o)), hd, heads, kv))
+        for qkv, o in FUSED_ATTENTION:
+            a, b = _linear(modules, _join(name, qkv)), _linear(modules, _join(name, o))
+            hd, kv = _head_dim(m), getattr(m, "num_key_value_heads", None)
+            if a and b and hd and isinstance(kv, int) and b.in_features % hd == 0:
+                heads = b.in_features // hd
+                if a.out_features == (heads + 2 * kv) * hd and heads % kv == 0:
+                    n = _join(name, qkv)
+                    found.append(Attention(name, n, n, n, _join(name, o), hd, heads, kv))
+    return found
+
+
+def find_mlps(model: nn.Module) -> List[Mlp]:
+    modules = dict(model.named_modules())
+    found = []
+    for name, m in modules.items():
+        for gate, up, down in GATED_MLP:
+            g, u, d = (_linear(modules, _join(name, p)) for p in (gate, up, down))
+            if g and u and d and g.out_features == u.out_features == d.in_features:
+                found.append(Mlp(name, (_join(name, gate), _join(name, up)), _join(name, down), g.out_features))
+        for gate_up, down in FUSED_GATED_MLP:
+            gu, d = _linear(modules, _join(name, gate_up)), _linear(modules, _join(name, down))
+            if gu and d and gu.out_features == 2 * d.in_features:
+                found.append(Mlp(name, (_join(name, gate_up),), _join(name, down), d.in_features, fused=True))
+        for fc1, fc2 in PLAIN_MLP:
+            a, b = _linear(modules, _join(name, fc1)), _linear(modules, _join(name, fc2))
+            if a and b and a.out_features == b.in_features and a.out_features != a.in_features:
+                found.append(Mlp(name, (_join(name, fc1),), _join(name, fc2), a.out_features))
+    return found
+
+
+def declare(builder: StructureBuilder, blocks: List[Attention], mlps: List[Mlp]) -> None:
+    """The spaces and groups of the blocks found."""
+    for a in blocks:
+        hd, g = a.head_dim, a.heads // a.kv_heads
+        q_at, k_at, v_at = (0, a.heads * hd, (a.heads + a.kv_heads) * hd) if a.fused else (0, 0, 0)
+        if not a.grouped:
+            spaces = [builder.rows(a.q, a.heads * hd, q_at), builder.rows(a.k, a.heads * hd, k_at),
+                      builder.rows(a.v, a.heads * hd, v_at)]
+            builder.group(spaces, a.heads)
+            builder.reads(a.o, spaces[:1])
+            continue
+        pieces = [builder.rows(a.q, g * hd, q_at + j * g * hd) for j in range(a.kv_heads)]
+        for s in pieces:
+            builder.group([s], g)
+        builder.reads(a.o, pieces)
+        builder.equal(pieces, f"{a.name}'s key/value groups")
+    for m in mlps:
+        if m.fused:
+            spaces = [builder.rows(m.producers[0], m.width, 0), builder.rows(m.producers[0], m.width, m.width)]
+        else:
+            spaces = [builder.rows(p, m.width) for p in m.producers]
+        builder.group(spaces, m.width)
+        builder.reads(m.consumer, spaces[:1])
+
+
+def refit(model: nn.Module):
+    """Before the surgery: the blocks. After it: each attention module's head counts and
+    each MLP's width set from its pruned projections, and the config's where every block
+    ends alike (else each attention module gets a config copy of its own, for code that
+    reads its head count from the config, as Phi-3's does)."""
+    blocks, mlps = find_attention(model), find_mlps(model)
+
+    def after(pruned: nn.Module) -> None:
+        modules = dict(pruned.named_modules())
+        counts = [_refit_attention(modules, a) for a in blocks]
+        widths = [_refit_mlp(modules, m) for m in mlps]
+        _refit_config(pruned, modules, blocks, counts, widths)
+
+    return after
+
+
+def _refit_attention(modules: Dict[str, nn.Module], a: Attention) -> Tuple[int, int]:
+    rows = modules[a.o].in_features // a.head_dim
+    heads, kv = (rows, a.kv_heads) if a.grouped else (rows, rows)
+    m = modules[a.name]
+    _set(m, ("num_heads", "num_attention_heads"), heads)
+    _set(m, ("num_key_value_heads",), kv)
+    _set(m, ("num_key_value_groups",), heads // kv if kv else 0)
+    _set(m, ("all_head_size", "embed_dim_heads"), heads * a.head_dim)
+    return heads, kv
+
+
+def _refit_mlp(modules: Dict[str, nn.Module], m: Mlp) -> int:
+    width = modules[m.consumer].in_features
+    _set(modules[m.name], ("intermediate_size",), width)
+    return width
+
+
+def _set(module, names, value) -> None:
+    for n in names:
+        if isinstance(getattr(module, n, None), int) and not isinstance(getattr(module, n), bool):
+            setattr(module, n, value)
+
+
+def _refit_config(pruned, modules, blocks, counts, widths) -> None:
+    config = getattr(pruned, "config", None)
+    if config is None:
+        return
+    if len(set(counts)) == 1:
+        (heads, kv), = set(counts)
+        _set(config, ("num_attention_heads",), heads)
+        _set(config, ("num_key_value_heads",), kv)
+        if hasattr(config, "head_dim"):
+            config.head_dim = blocks[0].head_dim
+    elif counts:
+        for a, (heads, kv) in zip(blocks, counts):
+            m = modules[a.name]
+            if getattr(m, "config", None) is config:
+                m.config = copy.copy(config)
+                _set(m.config, ("num_attention_heads",), heads)
+                _set(m.config, ("num_key_value_heads",), kv)
+    if len(set(widths)) == 1:
+        _set(config, ("intermediate_size",), widths[0])
