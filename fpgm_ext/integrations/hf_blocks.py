@@ -35,6 +35,7 @@ GATED_MLP = [("gate_proj", "up_proj", "down_proj")]
 FUSED_GATED_MLP = [("gate_up_proj", "down_proj")]
 PLAIN_MLP = [("fc1", "fc2"), ("intermediate.dense", "output.dense")]
 HEAD_WIDTH = ("head_dim", "attention_head_size")
+UNPRUNED = "fpgm_ext_unpruned"   # the config's key for the unpruned model's config
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,28 @@ def find_mlps(model: nn.Module) -> List[Mlp]:
     return found
 
 
-def declare(builder: StructureBuilder, blocks: List[Attention], mlps: List[Mlp]) -> None:
-    """The spaces and groups of the blocks found."""
+def by_kv_group(a: Attention, rate: float) -> bool:
+    """Whether GQA heads go a whole key/value group at a time (its key and value heads with
+    all its query heads) rather than query heads in equal numbers from every group: the
+    way that removes nearer ``int(heads * rate)`` query heads at ``rate`` (per group on a
+    tie, which keeps every key/value head)."""
+    g = a.heads // a.kv_heads
+    target = int(a.heads * rate)
+    return abs(int(a.kv_heads * rate) * g - target) < abs(int(g * rate) * a.kv_heads - target)
+
+
+def declare(builder: StructureBuilder, blocks: List[Attention], mlps: List[Mlp], rate: float) -> None:
+    """The spaces and groups of the blocks found; GQA heads as ``by_kv_group`` says at
+    ``rate`` (the rate_dist asked for)."""
     for a in blocks:
         hd, g = a.head_dim, a.heads // a.kv_heads
         q_at, k_at, v_at = (0, a.heads * hd, (a.heads + a.kv_heads) * hd) if a.fused else (0, 0, 0)
+        if a.grouped and by_kv_group(a, rate):
+            spaces = [builder.rows(a.q, a.heads * hd, q_at), builder.rows(a.k, a.kv_heads * hd, k_at),
+                      builder.rows(a.v, a.kv_heads * hd, v_at)]
+            builder.group(spaces, a.kv_heads)
+            builder.reads(a.o, spaces[:1])
+            continue
         if not a.grouped:
             spaces = [builder.rows(a.q, a.heads * hd, q_at), builder.rows(a.k, a.heads * hd, k_at),
                       builder.rows(a.v, a.heads * hd, v_at)]
@@ -140,6 +158,10 @@ def declare(builder: StructureBuilder, blocks: List[Attention], mlps: List[Mlp])
         for s in pieces:
             builder.group([s], g)
         builder.reads(a.o, pieces)
+        if a.fused:   # the projection's key and value rows, kept
+            kv = [builder.rows(a.k, a.kv_heads * hd, k_at), builder.rows(a.v, a.kv_heads * hd, v_at)]
+            builder.group(kv, 1, ["the key/value heads of grouped-query attention stay (its query heads go "
+                                  "in equal numbers from every group)"])
         builder.equal(pieces, f"{a.name}'s key/value groups")
     for m in mlps:
         if m.fused:
@@ -167,8 +189,9 @@ def refit(model: nn.Module):
 
 
 def _refit_attention(modules: Dict[str, nn.Module], a: Attention) -> Tuple[int, int]:
-    rows = modules[a.o].in_features // a.head_dim
-    heads, kv = (rows, a.kv_heads) if a.grouped else (rows, rows)
+    heads = modules[a.o].in_features // a.head_dim
+    qkv = modules[a.q].out_features // a.head_dim
+    kv = (qkv - heads) // 2 if a.fused else modules[a.k].out_features // a.head_dim
     m = modules[a.name]
     _set(m, ("num_heads", "num_attention_heads"), heads)
     _set(m, ("num_key_value_heads",), kv)
@@ -193,12 +216,13 @@ def _refit_config(pruned, modules, blocks, counts, widths) -> None:
     config = getattr(pruned, "config", None)
     if config is None:
         return
+    if not hasattr(config, UNPRUNED):   # what apply_plan starts from (transformers.save)
+        setattr(config, UNPRUNED, config.to_dict())
     if len(set(counts)) == 1:
         (heads, kv), = set(counts)
         _set(config, ("num_attention_heads",), heads)
         _set(config, ("num_key_value_heads",), kv)
-        if hasattr(config, "head_dim"):
-            config.head_dim = blocks[0].head_dim
+        config.head_dim = blocks[0].head_dim   # (most read it where it is given)
     elif counts:
         for a, (heads, kv) in zip(blocks, counts):
             m = modules[a.name]

@@ -4,11 +4,18 @@ which blocks, what the surgery changes beyond the weights), selected, pruned and
 the model's own code like any other plan (../pruning/structure.py).
 
     pruned, report = fpgm_ext.prune(model, (input_ids,), rate_dist=0.3)
-    save(pruned, "pruned_dir", report)      # from_pretrained loads it where the config can say it
+    save(pruned, "pruned_dir", report)   # AutoModelForCausalLM.from_pretrained("pruned_dir")
+    model = load("pruned_dir")           # either way it was saved
 """
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Union
+
+import torch
 
 from ..pruning.families import Family
 from ..pruning.outputs import Outputs
@@ -24,16 +31,84 @@ def without_cache(out):
     return out
 
 
-def analyse(model, example_inputs, outputs):
+def analyse(model, example_inputs, outputs, rate: float):
     """The analysis of the attention and MLP blocks ``model``'s modules spell, or None."""
     blocks, mlps = hf_blocks.find_attention(model), hf_blocks.find_mlps(model)
     if not blocks and not mlps:
         return None
     builder = StructureBuilder(model)
-    hf_blocks.declare(builder, blocks, mlps)
+    hf_blocks.declare(builder, blocks, mlps, rate)
     return builder.analysis(outputs)
 
 
 FAMILY = Family(
     Outputs(without_cache, "transformers: the key/value cache is the pruned model's own (not compared)"),
     hf_blocks.refit, analyse)
+
+
+PLAN_FILE = "fpgm_plan.json"
+
+
+def describes(model) -> bool:
+    """Whether ``model.config`` builds ``model``'s architecture: every tensor's shape that of
+    a model made from the config (on the meta device: nothing allocated), which the config's
+    own validation accepts. True where every layer was pruned alike, the model's code takes
+    its head width from ``head_dim`` and the config does not insist on ``hidden_size``
+    being a multiple of the head count (Llama's does)."""
+    config = copy.deepcopy(model.config)
+    try:
+        if hasattr(config, "validate"):   # transformers' own checks (Llama: hidden % heads == 0)
+            config.validate()
+        with torch.device("meta"):
+            fresh = type(model)(config)
+    except Exception:   # noqa: BLE001 - a config the model class refuses does not describe it
+        return False
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    return want == {k: v.shape for k, v in fresh.state_dict().items()}
+
+
+def save(model, directory: Union[str, Path], report=None) -> str:
+    """Saves the pruned ``model`` to ``directory`` and says how: ``"config"`` where its
+    config describes it (``describes``): ``save_pretrained``, and plain ``from_pretrained``
+    loads it without this package; else ``"plan"``: the unpruned model's config, the plan
+    (``report.plan``, needed then) and the pruned weights, which ``load`` rebuilds with
+    ``apply_plan`` on ``from_config``."""
+    directory = Path(directory)
+    if describes(model):
+        model.save_pretrained(directory)
+        return "config"
+    if report is None:
+        raise ValueError("fpgm_ext: the config cannot describe this pruned model (its layers differ in size, or "
+                         "its code derives the head width from the hidden size): pass the prune's report, "
+                         "whose plan rebuilds it")
+    unpruned = getattr(model.config, hf_blocks.UNPRUNED, None) or model.config.to_dict()
+    config = type(model.config).from_dict(unpruned)
+    config.architectures = [type(model).__name__]
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(directory)
+    report.plan.save(directory / PLAN_FILE)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    return "plan"
+
+
+def load(directory: Union[str, Path], **from_pretrained):
+    """A model saved by ``save``: ``from_pretrained`` where its config describes it, else the
+    unpruned architecture from its config, rebuilt by the plan, and the pruned weights."""
+    import transformers
+
+    from ..pruning import apply_plan
+
+    directory = Path(directory)
+    config = transformers.AutoConfig.from_pretrained(directory)
+    cls = getattr(transformers, (config.architectures or [""])[0], None)
+    if cls is None:
+        raise ValueError(f"fpgm_ext: {directory}/config.json names no transformers architecture")
+    if not (directory / PLAN_FILE).exists():
+        return cls.from_pretrained(directory, **from_pretrained)
+    from safetensors.torch import load_file
+
+    model = apply_plan(cls(config), json.loads((directory / PLAN_FILE).read_text()), inplace=True)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval()

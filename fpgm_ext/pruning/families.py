@@ -34,9 +34,10 @@ def _nothing_to_refit(model: nn.Module) -> Callable[[nn.Module], None]:
 class Family:
     outputs: Outputs = ALL
     refit: Callable[[nn.Module], Callable[[nn.Module], None]] = _nothing_to_refit
-    # (model, example inputs, outputs) -> the family's analysis from the module structure
-    # (structure.py), or None where it finds nothing it knows: then the graph's
-    analyse: Optional[Callable[[nn.Module, Any, Outputs], Any]] = None
+    # (model, example inputs, outputs, rate_dist) -> the family's analysis from the module
+    # structure (structure.py), or None where it finds nothing it knows: then the graph's.
+    # The rate may choose between structures (GQA heads: hf_blocks.by_kv_group).
+    analyse: Optional[Callable[[nn.Module, Any, Outputs, float], Any]] = None
 
 
 ANY = Family()

@@ -80,7 +80,7 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
                                               min_channels, round_to, trace)
     settings = Settings(rate_dist, rate_norm, metric, ignore, prune_residual, min_channels, round_to, False, ops)
     if analysis is None:
-        analysis, _ = analyse_model(model, example_inputs, trace, outputs=outputs_for(model, outputs))
+        analysis, _ = analyse_model(model, example_inputs, trace, outputs=outputs_for(model, outputs), rate=rate_dist)
     plan = decide(model, analysis, settings)
     return eager_checked(model, analysis, plan, example_inputs, ops,
                          lambda why: decide(model, analysis, settings, refused=why))[0]
@@ -146,7 +146,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     do_measure = measure and example_inputs is not None
     recorder = _flops.FlopRecorder() if do_measure else None
     with clock("trace and analyse"):
-        analysis, tracer_note = analyse_model(model, example_inputs, trace, recorder, outputs_for(model, outputs))
+        analysis, tracer_note = analyse_model(model, example_inputs, trace, recorder, outputs_for(model, outputs),
+                                              rate_dist)
     layers_before, params_before = _layers(model), _params(model)
     with clock("measure"):
         before, sizes = _measure_before(model, example_inputs, recorder) if do_measure else (None, None)

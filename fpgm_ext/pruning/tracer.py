@@ -19,7 +19,7 @@ def _prunable(analysis) -> int:
     return _channels(analysis, lambda g: not g.reasons)
 
 
-def analyse_model(model, example_inputs, trace: str, flops=None, outputs=None):
+def analyse_model(model, example_inputs, trace: str, flops=None, outputs=None, rate: float = 0.4):
     """(analysis, why this tracer). ``trace="auto"``: torch.fx's analysis; where fx leaves
     at least a quarter of the conv and linear channels alone for ops it does not know (and
     example inputs allow it), torch.export's too, and whichever leaves more channels
@@ -27,7 +27,7 @@ def analyse_model(model, example_inputs, trace: str, flops=None, outputs=None):
     process); models fx (nearly) fully understands, most CNNs, pay for one trace only."""
     family = family_of(model)
     if trace == "auto" and family.analyse is not None:
-        found = family.analyse(model, example_inputs, outputs or family.outputs)
+        found = family.analyse(model, example_inputs, outputs or family.outputs, rate)
         if found is not None:
             return found, "analysed from the module structure (its blocks known by their modules; checked on its code)"
     analysis = _graph.analyse(model, example_inputs, trace, flops, outputs)
