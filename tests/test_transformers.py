@@ -1,0 +1,131 @@
+"""Hugging Face transformers (skipped without it; tiny random configs, nothing downloaded):
+MLP channels and attention heads (GQA-aware) pruned at rate_dist=0.3, the pruned model
+equal by value to the original with the pruned channels masked, the configs' sizes
+refit, saved and reloaded (plain ``from_pretrained`` where the config can describe the
+model, else ``load`` through the plan), and greedy generation with the KV cache giving the
+masked original's tokens."""
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import fpgm_ext  # noqa: E402
+from fpgm_ext.integrations import transformers as ft  # noqa: E402
+from fpgm_ext.pruning import zero_pruned  # noqa: E402
+
+from masking import masked_original  # noqa: E402
+
+RATE = 0.3
+VOCAB, HIDDEN, MLP, LAYERS = 96, 64, 160, 2
+
+
+def _decoder(kind, heads, kv):
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=heads, num_key_value_heads=kv, pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2)
+    config = getattr(transformers, f"{kind}Config")(**common)
+    return getattr(transformers, f"{kind}ForCausalLM")(config)
+
+
+DECODERS = [("Llama", 8, 2), ("Qwen2", 8, 4), ("Qwen3", 8, 2), ("Mistral", 4, 4), ("Phi3", 8, 2)]
+
+
+def _heads_after(heads, kv):
+    """What the pruner should leave: query heads in equal numbers from every key/value
+    group, or whole groups, whichever removes nearer int(heads * RATE) (hf_blocks)."""
+    g = heads // kv
+    target = int(heads * RATE)
+    whole = int(kv * RATE) * g
+    per_group = int(g * RATE) * kv
+    if abs(whole - target) < abs(per_group - target):
+        return heads - whole, kv - int(kv * RATE)
+    return heads - per_group, kv if g > 1 else heads - per_group
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("kind,heads,kv", DECODERS)
+def test_decoder_prunes_mlp_and_heads_exactly(kind, heads, kv, tmp_path):
+    model = _decoder(kind, heads, kv).eval()
+    ids = torch.randint(3, VOCAB, (2, 10))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned, report = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert model.config.num_attention_heads == heads and model.config.intermediate_size == MLP
+    want_heads, want_kv = _heads_after(heads, kv)
+    head_dim = model.model.layers[0].self_attn.head_dim
+    for layer in pruned.model.layers:
+        o, down = layer.self_attn.o_proj, layer.mlp.down_proj
+        assert down.in_features == MLP - int(MLP * RATE)
+        assert o.in_features == want_heads * head_dim
+    assert (pruned.config.num_attention_heads, pruned.config.num_key_value_heads) == (want_heads, want_kv)
+    assert pruned.config.intermediate_size == MLP - int(MLP * RATE)
+    masked = zero_pruned(copy.deepcopy(model), report.plan)
+    by_value = masked_original(model, pruned)   # (independent of the plan)
+    with torch.no_grad():
+        got = pruned(ids).logits
+        for ref in (masked(ids).logits, by_value(ids).logits):
+            torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    how = ft.save(pruned, tmp_path / "pruned", report)
+    reloaded = type(model).from_pretrained(tmp_path / "pruned") if how == "config" else ft.load(tmp_path / "pruned")
+    prompt = ids[:1]
+    greedy = dict(max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval().generate(prompt, **greedy), masked.generate(prompt, **greedy))
+    assert how == ("config" if ft.describes(pruned) else "plan")
+
+
+def test_config_route_loads_without_this_package(tmp_path):
+    """Qwen2's config holds head_dim and does not insist on hidden % heads: save_pretrained,
+    and transformers alone reloads the pruned sizes."""
+    model = _decoder("Qwen2", 8, 2).eval()
+    pruned, report = fpgm_ext.prune(model, (torch.randint(3, VOCAB, (1, 8)),), rate_dist=RATE)
+    assert ft.save(pruned, tmp_path, report) == "config"
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert (config.num_attention_heads, config.intermediate_size) == (pruned.config.num_attention_heads,
+                                                                     pruned.config.intermediate_size)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert sum(p.numel() for p in reloaded.parameters()) == report.params_after
+
+
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_encoders_prune_exactly(kind, tmp_path):
+    if kind == "bert":
+        config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                                         num_attention_heads=8, intermediate_size=MLP)
+        model, x = transformers.BertModel(config).eval(), torch.randint(0, VOCAB, (2, 10))
+    else:
+        config = transformers.ViTConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=8,
+                                        intermediate_size=MLP, image_size=32, patch_size=8, num_labels=5)
+        model, x = transformers.ViTForImageClassification(config).eval(), torch.randn(2, 3, 32, 32)
+    pruned, report = fpgm_ext.prune(model, (x,), rate_dist=RATE)
+    assert all(g["kept"] is not None for g in report.groups)   # every head group and MLP
+    masked = zero_pruned(copy.deepcopy(model), report.plan)
+    with torch.no_grad():
+        got, want = pruned(x), masked(x)
+    key = "logits" if kind == "vit" else "last_hidden_state"
+    torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
+    how = ft.save(pruned, tmp_path, report)
+    reloaded = type(model).from_pretrained(tmp_path) if how == "config" else ft.load(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(x)[key], got[key])
+
+
+def test_a_layer_pruned_alone_saves_through_the_plan(tmp_path):
+    """ignore= leaves one layer whole: the layers differ, the config cannot say it."""
+    model = _decoder("Qwen2", 8, 2).eval()
+    ids = torch.randint(3, VOCAB, (1, 8))
+    pruned, report = fpgm_ext.prune(model, (ids,), rate_dist=RATE, ignore=["model.layers.0"])
+    assert pruned.model.layers[0].mlp.down_proj.in_features == MLP
+    assert pruned.model.layers[1].mlp.down_proj.in_features < MLP
+    assert not ft.describes(pruned)
+    with pytest.raises(ValueError, match="pass the prune's report"):
+        ft.save(pruned, tmp_path / "x")
+    assert ft.save(pruned, tmp_path / "y", report) == "plan"
+    with torch.no_grad():
+        torch.testing.assert_close(ft.load(tmp_path / "y")(ids).logits, pruned(ids).logits)
