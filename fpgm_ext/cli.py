@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .cli_models import CliError, _first_line, load_model
+from .cli_models import CliError, _first_line, example_input, load_model, save_pruned
 
 PROG = "fpgm-ext"
 
@@ -109,7 +109,7 @@ def cmd_prune(args) -> int:
     if shape is None:
         shape = [1, 3, 224, 224]
     torch.manual_seed(args.seed)
-    x = torch.randn(*shape)
+    x = example_input(model, shape)
     model.eval()
     try:
         pruned, report = fpgm_ext.prune(model, x, rate_dist=args.rate_dist, rate_norm=args.rate_norm,
@@ -126,14 +126,8 @@ def cmd_prune(args) -> int:
     print(f"{what}, input {list(shape)}, rate_dist {rate_dist:g}, rate_norm {args.rate_norm}, "
           f"metric {args.metric}\n")
     print(report.to_markdown(layers=True))
-    if args.out and type(pruned).__module__.startswith("ultralytics."):
-        from .integrations import ultralytics
-
-        ultralytics.save(pruned, args.out, report)
-        print(f"\nsaved the pruned model to {args.out} (ultralytics.YOLO(path))")
-    elif args.out:
-        torch.save(pruned, args.out)
-        print(f"\nsaved the pruned model to {args.out} (torch.load(path, weights_only=False))")
+    if args.out:
+        print("\n" + save_pruned(pruned, args.out, report))
     if args.plan:
         report.plan.save(args.plan)
         print(f"saved the plan to {args.plan} (fpgm_ext.apply_plan(fresh_model, path))")

@@ -1,6 +1,8 @@
 """What the ``fpgm-ext`` command line prunes: a built-in name, a torchvision model name, a
-saved ``.pt`` module, or an Ultralytics yaml or checkpoint (where ultralytics is installed);
-and ``CliError``, the error it prints as one line."""
+saved ``.pt`` module, an Ultralytics yaml or checkpoint (where ultralytics is installed),
+or a local Hugging Face model directory (config and weights; nothing is downloaded); the
+input it prunes on, how it saves the result, and ``CliError``, the error it prints as one
+line."""
 from __future__ import annotations
 
 import difflib
@@ -46,6 +48,8 @@ def load_model(spec: str, num_classes: Optional[int] = None):
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        return _hf_dir(path)
     if _ultralytics_spec(spec):
         from .integrations import ultralytics
 
@@ -96,3 +100,51 @@ def _ultralytics_spec(spec: str) -> bool:
     except Exception:   # noqa: BLE001 - load_model says why
         return False
     return isinstance(obj, dict) and "model" in obj and type(obj["model"]).__module__.startswith("ultralytics.")
+
+
+def _hf_dir(path: Path):
+    """A Hugging Face model saved with ``save_pretrained`` (or by ``fpgm-ext prune``), its
+    default input: 16 token ids, or an image of the config's size."""
+    try:
+        from .integrations import transformers as ft
+
+        model = ft.load(path)
+    except ImportError:
+        raise CliError(f"'{path}' is a Hugging Face model directory: pip install transformers") from None
+    except Exception as exc:
+        raise CliError(f"cannot load '{path}' ({type(exc).__name__}: {_first_line(exc)})") from None
+    config = model.config
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        return model, [1, getattr(config, "num_channels", 3), size, size], f"{type(model).__name__} from {path}"
+    return model, [1, 16], f"{type(model).__name__} from {path}"
+
+
+def example_input(model, shape):
+    """The input ``prune`` runs ``model`` on: token ids for a language model, else noise."""
+    import torch
+
+    if getattr(model, "main_input_name", None) == "input_ids":
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 2
+        return torch.randint(0, vocab, tuple(shape))
+    return torch.randn(*shape)
+
+
+def save_pruned(pruned, out: str, report) -> str:
+    """Saves the pruned model as its family loads it; says where and how to load it."""
+    module = type(pruned).__module__ or ""
+    if module.startswith("ultralytics."):
+        from .integrations import ultralytics
+
+        ultralytics.save(pruned, out, report)
+        return f"saved the pruned model to {out} (ultralytics.YOLO(path))"
+    if module.startswith("transformers."):
+        from .integrations import transformers as ft
+
+        how = ft.save(pruned, out, report)
+        loads = "from_pretrained(path)" if how == "config" else "fpgm_ext.integrations.transformers.load(path)"
+        return f"saved the pruned model to {out}/ ({loads})"
+    import torch
+
+    torch.save(pruned, out)
+    return f"saved the pruned model to {out} (torch.load(path, weights_only=False))"

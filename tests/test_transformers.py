@@ -129,3 +129,35 @@ def test_a_layer_pruned_alone_saves_through_the_plan(tmp_path):
     assert ft.save(pruned, tmp_path / "y", report) == "plan"
     with torch.no_grad():
         torch.testing.assert_close(ft.load(tmp_path / "y")(ids).logits, pruned(ids).logits)
+
+
+def test_gpt2_conv1d_heads_and_mlp(tmp_path):
+    """GPT-2 stores its linear layers transposed (Conv1D) and fuses q, k and v, split by
+    ``split_size``: heads and MLP channels go, the model equals its masked original, and
+    its head width comes from the hidden size, so it saves through the plan."""
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=8, n_inner=MLP,
+                                     bos_token_id=1, eos_token_id=2)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(3, VOCAB, (2, 10))
+    pruned, report = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
+    block = pruned.transformer.h[0]
+    assert block.attn.num_heads == 8 - int(8 * RATE) and block.attn.c_attn.nf == 3 * block.attn.num_heads * 8
+    assert block.mlp.c_fc.nf == MLP - int(MLP * RATE) and pruned.config.n_inner == block.mlp.c_fc.nf
+    masked = zero_pruned(copy.deepcopy(model), report.plan)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids).logits, masked(ids).logits, rtol=1e-4, atol=1e-5)
+    assert ft.save(pruned, tmp_path, report) == "plan"
+    greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(ft.load(tmp_path).generate(ids[:1], **greedy), masked.generate(ids[:1], **greedy))
+
+
+def test_cli_prunes_a_local_model_directory(tmp_path):
+    from fpgm_ext import cli
+
+    model = _decoder("Qwen2", 8, 2)
+    model.save_pretrained(tmp_path / "model")
+    assert cli.main(["prune", str(tmp_path / "model"), "--rate-dist", "0.3", "--out", str(tmp_path / "pruned")]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert reloaded.config.intermediate_size == MLP - int(MLP * RATE)
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in model.parameters())

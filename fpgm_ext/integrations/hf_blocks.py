@@ -25,15 +25,16 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
+from ..pruning.layers import Linear, handler_for
 from ..pruning.structure import StructureBuilder
 
 # (q, k, v, o) relative to the attention module, and where its head width is
 ATTENTION = [(("q_proj", "k_proj", "v_proj", "o_proj"), ""),
              (("self.query", "self.key", "self.value", "output.dense"), "self")]
-FUSED_ATTENTION = [("qkv_proj", "o_proj")]
+FUSED_ATTENTION = [("qkv_proj", "o_proj"), ("c_attn", "c_proj")]
 GATED_MLP = [("gate_proj", "up_proj", "down_proj")]
 FUSED_GATED_MLP = [("gate_up_proj", "down_proj")]
-PLAIN_MLP = [("fc1", "fc2"), ("intermediate.dense", "output.dense")]
+PLAIN_MLP = [("fc1", "fc2"), ("intermediate.dense", "output.dense"), ("c_fc", "c_proj")]
 HEAD_WIDTH = ("head_dim", "attention_head_size")
 UNPRUNED = "fpgm_ext_unpruned"   # the config's key for the unpruned model's config
 
@@ -67,9 +68,18 @@ class Mlp:
     fused: bool = False
 
 
-def _linear(modules, name) -> Optional[nn.Linear]:
+def _linear(modules, name) -> Optional[nn.Module]:
+    """A linear layer (``nn.Linear``, GPT-2's transposed ``Conv1D``, a registered one)."""
     m = modules.get(name)
-    return m if type(m) is nn.Linear else None
+    return m if m is not None and isinstance(handler_for(m), Linear) else None
+
+
+def _out(m) -> int:
+    return handler_for(m).channels(m).outputs
+
+
+def _in(m) -> int:
+    return handler_for(m).channels(m).inputs
 
 
 def _join(prefix: str, name: str) -> str:
@@ -91,17 +101,18 @@ def find_attention(model: nn.Module) -> List[Attention]:
         for (q, k, v, o), where in ATTENTION:
             lin = [_linear(modules, _join(name, p)) for p in (q, k, v, o)]
             hd = _head_dim(modules.get(_join(name, where))) if all(lin) else None
-            if hd and lin[0].out_features % hd == 0 and lin[1].out_features % hd == 0 and \
-                    lin[1].out_features == lin[2].out_features and lin[3].in_features == lin[0].out_features:
-                heads, kv = lin[0].out_features // hd, lin[1].out_features // hd
+            if hd and _out(lin[0]) % hd == 0 and _out(lin[1]) % hd == 0 and \
+                    _out(lin[1]) == _out(lin[2]) and _in(lin[3]) == _out(lin[0]):
+                heads, kv = _out(lin[0]) // hd, _out(lin[1]) // hd
                 if heads % kv == 0:
                     found.append(Attention(_join(name, where), *(_join(name, p) for p in (q, k, v, o)), hd, heads, kv))
         for qkv, o in FUSED_ATTENTION:
             a, b = _linear(modules, _join(name, qkv)), _linear(modules, _join(name, o))
-            hd, kv = _head_dim(m), getattr(m, "num_key_value_heads", None)
-            if a and b and hd and isinstance(kv, int) and b.in_features % hd == 0:
-                heads = b.in_features // hd
-                if a.out_features == (heads + 2 * kv) * hd and heads % kv == 0:
+            hd = _head_dim(m)
+            if a and b and hd and _in(b) % hd == 0:
+                heads = _in(b) // hd
+                kv = getattr(m, "num_key_value_heads", heads)   # (GPT-2: none, all heads are)
+                if isinstance(kv, int) and kv > 0 and _out(a) == (heads + 2 * kv) * hd and heads % kv == 0:
                     n = _join(name, qkv)
                     found.append(Attention(name, n, n, n, _join(name, o), hd, heads, kv))
     return found
@@ -113,16 +124,16 @@ def find_mlps(model: nn.Module) -> List[Mlp]:
     for name, m in modules.items():
         for gate, up, down in GATED_MLP:
             g, u, d = (_linear(modules, _join(name, p)) for p in (gate, up, down))
-            if g and u and d and g.out_features == u.out_features == d.in_features:
-                found.append(Mlp(name, (_join(name, gate), _join(name, up)), _join(name, down), g.out_features))
+            if g and u and d and _out(g) == _out(u) == _in(d):
+                found.append(Mlp(name, (_join(name, gate), _join(name, up)), _join(name, down), _out(g)))
         for gate_up, down in FUSED_GATED_MLP:
             gu, d = _linear(modules, _join(name, gate_up)), _linear(modules, _join(name, down))
-            if gu and d and gu.out_features == 2 * d.in_features:
-                found.append(Mlp(name, (_join(name, gate_up),), _join(name, down), d.in_features, fused=True))
+            if gu and d and _out(gu) == 2 * _in(d):
+                found.append(Mlp(name, (_join(name, gate_up),), _join(name, down), _in(d), fused=True))
         for fc1, fc2 in PLAIN_MLP:
             a, b = _linear(modules, _join(name, fc1)), _linear(modules, _join(name, fc2))
-            if a and b and a.out_features == b.in_features and a.out_features != a.in_features:
-                found.append(Mlp(name, (_join(name, fc1),), _join(name, fc2), a.out_features))
+            if a and b and _out(a) == _in(b) and _out(a) != _in(a):
+                found.append(Mlp(name, (_join(name, fc1),), _join(name, fc2), _out(a)))
     return found
 
 
@@ -189,19 +200,19 @@ def refit(model: nn.Module):
 
 
 def _refit_attention(modules: Dict[str, nn.Module], a: Attention) -> Tuple[int, int]:
-    heads = modules[a.o].in_features // a.head_dim
-    qkv = modules[a.q].out_features // a.head_dim
-    kv = (qkv - heads) // 2 if a.fused else modules[a.k].out_features // a.head_dim
+    heads = _in(modules[a.o]) // a.head_dim
+    qkv = _out(modules[a.q]) // a.head_dim
+    kv = (qkv - heads) // 2 if a.fused else _out(modules[a.k]) // a.head_dim
     m = modules[a.name]
     _set(m, ("num_heads", "num_attention_heads"), heads)
     _set(m, ("num_key_value_heads",), kv)
     _set(m, ("num_key_value_groups",), heads // kv if kv else 0)
-    _set(m, ("all_head_size", "embed_dim_heads"), heads * a.head_dim)
+    _set(m, ("all_head_size", "split_size"), heads * a.head_dim)   # (GPT-2 splits its fused qkv by split_size)
     return heads, kv
 
 
 def _refit_mlp(modules: Dict[str, nn.Module], m: Mlp) -> int:
-    width = modules[m.consumer].in_features
+    width = _in(modules[m.consumer])
     _set(modules[m.name], ("intermediate_size",), width)
     return width
 
@@ -232,3 +243,5 @@ def _refit_config(pruned, modules, blocks, counts, widths) -> None:
                 _set(m.config, ("num_key_value_heads",), kv)
     if len(set(widths)) == 1:
         _set(config, ("intermediate_size",), widths[0])
+        if hasattr(config, "n_inner"):   # GPT-2's (None: 4 x the hidden size)
+            config.n_inner = widths[0]

@@ -47,6 +47,7 @@ FAMILY = Family(
 
 
 PLAN_FILE = "fpgm_plan.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def describes(model) -> bool:
@@ -87,9 +88,9 @@ def save(model, directory: Union[str, Path], report=None) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(directory)
     report.plan.save(directory / PLAN_FILE)
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    save_model(model, str(directory / WEIGHTS_FILE))   # (tied embeddings stored once)
     return "plan"
 
 
@@ -107,8 +108,8 @@ def load(directory: Union[str, Path], **from_pretrained):
         raise ValueError(f"fpgm_ext: {directory}/config.json names no transformers architecture")
     if not (directory / PLAN_FILE).exists():
         return cls.from_pretrained(directory, **from_pretrained)
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     model = apply_plan(cls(config), json.loads((directory / PLAN_FILE).read_text()), inplace=True)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    load_model(model, str(directory / WEIGHTS_FILE))
     return model.eval()

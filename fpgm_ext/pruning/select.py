@@ -14,6 +14,7 @@ import torch
 from ..certified import CandidateScores
 from ..selection import counts, norm_stage, prune_order, split
 from .config import Settings
+from .layers import handler_for
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def _score_rows(use, space, units: int) -> torch.Tensor:
     unit (a unit of several channels, for grouped convolutions, is the concatenation of
     its filters), in the weight's dtype (a view where the layout allows): the scores are
     certified against the float64 rule (fpgm_ext.certified), not computed in float64."""
-    w = use.module.weight.detach()
+    w = handler_for(use.module).filters(use.module).detach()
     if space.offset or space.size != w.shape[0]:
         w = w[space.offset:space.offset + space.size]
     return w.reshape(units, -1)

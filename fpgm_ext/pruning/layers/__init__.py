@@ -13,7 +13,8 @@ Teaching the pruner a layer of your own (a conv wrapper holding its own weight):
 Files: base.py (``Layer``, ``Surgery``, entry checks), registry.py (``register_layer``,
 ``handler_for``), conv.py, linear.py, channelwise.py (what per-channel layers share),
 norms.py (BatchNorm, GroupNorm, LayerNorm, PReLU), padding.py, shortcut.py
-(``PadShortcut``), parameter.py (tensor attributes pruned with the channels they meet).
+(``PadShortcut``), parameter.py (tensor attributes pruned with the channels they meet),
+transposed.py (a linear layer storing ``[in, out]``: GPT-2's ``Conv1D``).
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ from .parameter import ENTRY_TYPES as TENSOR_ENTRY_TYPES, TENSOR_MEMBER
 from .registry import (handler_computing, handler_for, is_leaf, register_layer, registered_handlers, rule_of,
                        type_name, unregister_layer)
 from .shortcut import PadShortcut, Shortcut
+from .transposed import TransposedLinear
 
 __all__ = ["Layer", "LayerCall", "handler_computing", "Channels", "Surgery", "Channelwise", "Conv", "Linear", "BatchNorm", "GroupNorm",
-           "LayerNorm", "PReLU", "ConstantPad", "Shortcut", "PadShortcut", "register_layer", "unregister_layer", "handler_for",
+           "LayerNorm", "PReLU", "ConstantPad", "TransposedLinear", "Shortcut", "PadShortcut", "register_layer", "unregister_layer", "handler_for",
            "rule_of", "is_leaf", "registered_handlers", "type_name", "replace_tensor", "TENSOR_MEMBER",
            "TENSOR_ENTRY_TYPES"]
 
@@ -55,6 +57,7 @@ def _register_builtins() -> None:
     # padding keeps a zero channel zero).
     register_layer("torchvision.ops.misc.FrozenBatchNorm2d", BatchNorm())
     register_layer("timm.layers.conv2d_same.Conv2dSame", Conv())
+    register_layer("transformers.pytorch_utils.Conv1D", TransposedLinear())   # GPT-2's [in, out] linear
 
 
 _register_builtins()

@@ -152,6 +152,10 @@ class Layer:
         zeroing the pruned channels in place zeroes (``pruned_masks``)."""
         return {}
 
+    def filters(self, m: nn.Module) -> torch.Tensor:
+        """The weight with one filter per row along dim 0 (a view): what FPGM scores."""
+        return m.weight
+
     def input_masks(self, name: str, m: nn.Module, entry: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """attribute -> bool mask of the tensor's own shape (True: kept) over the pruned
         input channels, for the masked model (``zero_pruned``): a consumer whose pruned

@@ -42,7 +42,7 @@ def zero_pruned(model: nn.Module, plan) -> nn.Module:
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     with torch.no_grad():
-        for name, keep in {**pruned_masks(model, plan), **_input_masks(model, as_plan(plan))}.items():
+        for name, keep in [*pruned_masks(model, plan).items(), *_input_masks(model, as_plan(plan)).items()]:
             t = params.get(name, buffers.get(name))
             t.masked_fill_(~keep.reshape((-1,) + (1,) * (t.dim() - 1)) if keep.dim() == 1 else ~keep, 0)
     return model
