@@ -3,7 +3,7 @@
 - the fx check of channel counts read at run time (``graph/sizes.py``): default ``prune()``
   of torchvision ResNet-50 and MobileNetV2 with the check, against the same with it
   switched off (interleaved rounds);
-- the run of an export plan on the model's own code (``checks._check_eager``): its share
+- the run of an export plan on the model's own code (``checks.check_plan``): its share
   of a ``prune(trace="export")`` of timm's tf_efficientnet_b0 and mixnet_s, from the
   report's own timings (median over the rounds).
 

@@ -161,3 +161,32 @@ def test_cli_prunes_a_local_model_directory(tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     assert reloaded.config.intermediate_size == MLP - int(MLP * RATE)
     assert sum(p.numel() for p in reloaded.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_large_models_are_checked_on_a_small_twin(monkeypatch):
+    """Above twin.TWIN_ABOVE parameters the plan is checked on a 2-layer, small-vocabulary
+    model of the same class (no float64 copies of the model): same result where the code
+    takes the pruning, and the groups refused where it does not (here: head counts not
+    refit after the surgery, so eager attention repeats the key/value heads by a stale
+    count)."""
+    from fpgm_ext.pruning import families, twin
+
+    model = _decoder("Llama", 8, 2).eval()
+    model.config.num_hidden_layers = LAYERS   # (the twin keeps 2 of them)
+    ids = torch.randint(3, VOCAB, (1, 10))
+    small, report_small = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
+    built = []
+    real_twin = ft.FAMILY.twin
+    monkeypatch.setattr(twin, "TWIN_ABOVE", 0)
+    monkeypatch.setattr(ft, "FAMILY", families.Family(ft.FAMILY.outputs, ft.FAMILY.refit, ft.FAMILY.analyse,
+                                                       lambda m, x: built.append(1) or real_twin(m, x)))
+    pruned, report = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
+    assert built and report.plan.groups == report_small.plan.groups
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids).logits, small(ids).logits)
+    stale = families.Family(ft.FAMILY.outputs, lambda m: (lambda pruned: None), ft.FAMILY.analyse, real_twin)
+    monkeypatch.setattr(ft, "FAMILY", stale)
+    model.config._attn_implementation = "eager"
+    _, refused = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
+    heads = [g for g in refused.groups if "q_proj" in g["producers"][0]]
+    assert heads and all(g["kept"] is None and "built small to check them" in g["left_alone"] for g in heads)

@@ -41,9 +41,42 @@ def analyse(model, example_inputs, outputs, rate: float):
     return builder.analysis(outputs)
 
 
+TWIN_LAYERS, TWIN_VOCAB = 2, 256
+
+
+def twin(model, example_inputs):
+    """(a model of ``model``'s class from its config with ``TWIN_LAYERS`` layers and a
+    ``TWIN_VOCAB`` vocabulary, float32, random weights; the example inputs with token ids
+    folded into it), on which a large model's plans are checked (../pruning/twin.py), or
+    None where the config does not say its layers or the model cannot be built so."""
+    config = copy.deepcopy(getattr(model, "config", None))
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(layers, int):
+        return None
+    config.num_hidden_layers = min(layers, TWIN_LAYERS)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:config.num_hidden_layers]
+    vocab = getattr(config, "vocab_size", None)
+    small = min(vocab, TWIN_VOCAB) if isinstance(vocab, int) else None
+    if small is not None:
+        config.vocab_size = small
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            if isinstance(getattr(config, key, None), int) and getattr(config, key) >= small:
+                setattr(config, key, small - 1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            made = type(model)(config).to(torch.float32).eval()
+    except Exception:   # noqa: BLE001 - no twin: the model itself is checked
+        return None
+    inputs = tuple(x % small if small is not None and isinstance(x, torch.Tensor) and not x.is_floating_point()
+                   else x for x in example_inputs)
+    return made, inputs
+
+
 FAMILY = Family(
     Outputs(without_cache, "transformers: the key/value cache is the pruned model's own (not compared)"),
-    hf_blocks.refit, analyse)
+    hf_blocks.refit, analyse, twin)
 
 
 PLAN_FILE = "fpgm_plan.json"

@@ -2,7 +2,7 @@
 run on the example inputs against the original with their channels zeroed
 (``against_masked``). Used to measure approximate groups (``measure_approximation``) and
 to check plans from torch.export's analysis, whose graph holds every size as a constant
-while the model's code may read one at run time (``eager_checked``)."""
+while the model's code may read one at run time (``eager_checked``; large models of a known family on a small twin, twin.py)."""
 from __future__ import annotations
 
 import copy
@@ -132,7 +132,7 @@ def measure_approximation(model, analysis, plan, example_inputs, ops) -> Dict[in
     return failed
 
 
-def _check_eager(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
+def check_plan(model, analysis, plan, example_inputs, ops) -> Dict[int, str]:
     """torch.export's graph holds every size as a constant, and the plan is carried out on
     the model's own (eager) code, which may read a size at run time where the graph shows
     a constant (graph/sizes.py): ``against_masked`` of the exactly pruned groups; where
@@ -162,11 +162,15 @@ _SOURCES = {"export": "traced by torch.export, whose graph holds sizes as consta
             "structure": "analysed from the module structure, which does not read the model's code"}
 
 
-def eager_checked(model, analysis, plan, example_inputs, ops, decide) -> Tuple[Plan, Dict[int, str]]:
-    """A plan from torch.export's analysis, checked on the model's code (``_check_eager``):
-    made again by ``decide(refused)`` without the groups it does not take."""
+def eager_checked(model, analysis, plan, example_inputs, ops, decide, on_twin=None) -> Tuple[Plan, Dict[int, str]]:
+    """A plan from torch.export's analysis (or the module structure), checked on the
+    model's code (``check_plan``; on a small twin where ``on_twin()`` gives its refusals
+    rather than None: twin.py): made again by ``decide(refused)`` without the groups it
+    does not take."""
     if analysis.tracer not in CHECKED_TRACERS or example_inputs is None:
         return plan, {}
-    refused = _check_eager(model, analysis, plan, example_inputs, ops)
+    refused = on_twin() if on_twin is not None else None
+    if refused is None:
+        refused = check_plan(model, analysis, plan, example_inputs, ops)
     return (decide(refused) if refused else plan), refused
 

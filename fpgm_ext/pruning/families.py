@@ -38,6 +38,9 @@ class Family:
     # structure (structure.py), or None where it finds nothing it knows: then the graph's.
     # The rate may choose between structures (GQA heads: hf_blocks.by_kv_group).
     analyse: Optional[Callable[[nn.Module, Any, Outputs, float], Any]] = None
+    # (model, example inputs) -> (a small model of the same blocks, its inputs) on which
+    # the plans of a large model are checked (twin.py), or None
+    twin: Optional[Callable[[nn.Module, Any], Any]] = None
 
 
 ANY = Family()

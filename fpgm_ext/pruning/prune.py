@@ -58,6 +58,7 @@ from .families import outputs_for
 from .plan import Plan, apply_fitting, apply_plan
 from .report import LayerStat, PruneReport
 from .tracer import analyse_model
+from .twin import twin_refused
 
 
 class PruneResult(NamedTuple):
@@ -83,7 +84,8 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
         analysis, _ = analyse_model(model, example_inputs, trace, outputs=outputs_for(model, outputs), rate=rate_dist)
     plan = decide(model, analysis, settings)
     return eager_checked(model, analysis, plan, example_inputs, ops,
-                         lambda why: decide(model, analysis, settings, refused=why))[0]
+                         lambda why: decide(model, analysis, settings, refused=why),
+                         lambda: twin_refused(model, analysis, plan, settings, example_inputs))[0]
 
 
 def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] = None,
@@ -154,8 +156,10 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
     with clock("score and select"):
         plan, target = _plan(model, analysis, settings, goal, example_inputs, before, sizes, params_before)
     with clock("eager check", keep=analysis.tracer in CHECKED_TRACERS):
-        plan, refused = eager_checked(model, analysis, plan, example_inputs, ops, lambda why: decide(
-            model, analysis, settings.at_rate(plan.meta["rate_dist"]), refused=why))
+        settings = settings.at_rate(plan.meta["rate_dist"])
+        plan, refused = eager_checked(model, analysis, plan, example_inputs, ops,
+                                      lambda why: decide(model, analysis, settings, refused=why),
+                                      lambda: twin_refused(model, analysis, plan, settings, example_inputs))
     if example_inputs is not None and any(g.get("approximate") for g in plan.groups):
         with clock("approximation"):
             plan = _approximation_measured(model, analysis, plan, settings, example_inputs, refused)
