@@ -32,16 +32,21 @@ class LayerCall:
     weight_rank: Optional[int] = None
 
 
+# Source bytes gathered per gather_channels call: one call for most models; a large model
+# pruned in place holds the old and the new tensors of one such batch at a time, not of all.
+BATCH_BYTES = 256 << 20
+
+
 class Surgery:
-    """The tensors a plan replaces, gathered in one ``gather_channels`` call: ``gather``
+    """The tensors a plan replaces, gathered in ``gather_channels`` calls: ``gather``
     registers one (tensor, dim, kept indices) and returns its key, ``then`` a step that
-    puts the results into the model once they exist."""
+    puts results into the model once they exist (``keys``: the results it reads)."""
 
     def __init__(self):
-        self.tensors: List[torch.Tensor] = []
+        self.tensors: List[Optional[torch.Tensor]] = []
         self.dims: List[int] = []
         self.indices: List[torch.Tensor] = []
-        self.steps: List[Callable[[List[torch.Tensor]], None]] = []
+        self.steps: List[Tuple[Tuple[int, ...], Callable[[List[torch.Tensor]], None]]] = []
 
     def gather(self, t: torch.Tensor, dim: int, idx: torch.Tensor) -> int:
         self.tensors.append(t.detach())
@@ -49,20 +54,56 @@ class Surgery:
         self.indices.append(idx)
         return len(self.tensors) - 1
 
-    def then(self, step: Callable[[List[torch.Tensor]], None]) -> None:
-        self.steps.append(step)
+    def then(self, step: Callable[[List[torch.Tensor]], None], keys: Tuple[int, ...] = ()) -> None:
+        self.steps.append((tuple(keys), step))
 
     def gather_into(self, owner: nn.Module, attr: str, dim: int, idx: torch.Tensor,
                     shape: Optional[Tuple[int, ...]] = None, source: Optional[torch.Tensor] = None) -> None:
         """``owner.attr`` replaced by its gathered tensor (reshaped to ``shape``); the
         gather reads ``source`` (a view of the tensor) where one is given."""
         key = self.gather(getattr(owner, attr) if source is None else source, dim, idx)
-        self.then(lambda res: replace_tensor(owner, attr, res[key] if shape is None else res[key].reshape(shape)))
+        self.then(lambda res: replace_tensor(owner, attr, res[key] if shape is None else res[key].reshape(shape)),
+                  (key,))
 
     def run(self, gather_channels) -> None:
-        results = gather_channels(self.tensors, self.dims, self.indices) if self.tensors else []
-        for step in self.steps:
-            step(results)
+        """The gathers, in calls of at most ``BATCH_BYTES`` of sources, each call's results
+        put in place (and the batch's references dropped) before the next call."""
+        results: List[Optional[torch.Tensor]] = [None] * len(self.tensors)
+        pending = self.steps
+        for chunk in self._chunks():
+            out = gather_channels([self.tensors[k] for k in chunk], [self.dims[k] for k in chunk],
+                                  [self.indices[k] for k in chunk])
+            for k, r in zip(chunk, out):
+                results[k], self.tensors[k] = r, None
+            pending = self._run_ready(pending, results, final=False)
+        self._run_ready(pending, results, final=True)
+
+    def _chunks(self) -> List[List[int]]:
+        chunks: List[List[int]] = []
+        size = BATCH_BYTES
+        for k, t in enumerate(self.tensors):
+            nbytes = t.numel() * t.element_size()
+            if size + nbytes > BATCH_BYTES and (not chunks or chunks[-1]):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(k)
+            size += nbytes
+        return chunks
+
+    @staticmethod
+    def _run_ready(steps, results, final: bool):
+        """Runs the steps whose results exist (their results then dropped), and in the
+        ``final`` pass those that read none (sizes set after every tensor is in place);
+        returns the rest."""
+        waiting = []
+        for keys, step in steps:
+            if (keys or final) and all(results[k] is not None for k in keys):
+                step(results)
+                for k in keys:
+                    results[k] = None
+            else:
+                waiting.append((keys, step))
+        return waiting
 
 
 def replace_tensor(owner: nn.Module, attr: str, new: torch.Tensor) -> None:
