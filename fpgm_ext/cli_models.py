@@ -113,11 +113,7 @@ def _hf_dir(path: Path):
         raise CliError(f"'{path}' is a Hugging Face model directory: pip install transformers") from None
     except Exception as exc:
         raise CliError(f"cannot load '{path}' ({type(exc).__name__}: {_first_line(exc)})") from None
-    config = model.config
-    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
-        size = getattr(config, "image_size", 224)
-        return model, [1, getattr(config, "num_channels", 3), size, size], f"{type(model).__name__} from {path}"
-    return model, [1, 16], f"{type(model).__name__} from {path}"
+    return model, list(ft.example_inputs(model)[0].shape), f"{type(model).__name__} from {path}"
 
 
 def example_input(model, shape):

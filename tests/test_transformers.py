@@ -190,3 +190,12 @@ def test_large_models_are_checked_on_a_small_twin(monkeypatch):
     _, refused = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
     heads = [g for g in refused.groups if "q_proj" in g["producers"][0]]
     assert heads and all(g["kept"] is None and "built small to check them" in g["left_alone"] for g in heads)
+
+
+def test_prune_pretrained_is_the_cli_in_python(tmp_path):
+    model = _decoder("Mistral", 8, 2)
+    model.save_pretrained(tmp_path / "model")
+    report = ft.prune_pretrained(tmp_path / "model", tmp_path / "pruned", rate_dist=RATE)
+    assert report.params_after < report.params_before
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert sum(p.numel() for p in reloaded.parameters()) == report.params_after

@@ -3,9 +3,10 @@ heads (GQA-aware) of LLMs and encoders, found from the module structure (hf_bloc
 which blocks, what the surgery changes beyond the weights), selected, pruned and checked on
 the model's own code like any other plan (../pruning/structure.py).
 
-    pruned, report = fpgm_ext.prune(model, (input_ids,), rate_dist=0.3)
+    pruned, report = prune(model, rate_dist=0.3)   # fpgm_ext.prune on random token ids
     save(pruned, "pruned_dir", report)   # AutoModelForCausalLM.from_pretrained("pruned_dir")
     model = load("pruned_dir")           # either way it was saved
+    prune_pretrained("./model_dir", "./pruned_dir", rate_dist=0.3)   # the CLI's prune
 """
 from __future__ import annotations
 
@@ -77,6 +78,35 @@ def twin(model, example_inputs):
 FAMILY = Family(
     Outputs(without_cache, "transformers: the key/value cache is the pruned model's own (not compared)"),
     hf_blocks.refit, analyse, twin)
+
+
+def example_inputs(model, tokens: int = 16, seed: int = 0) -> tuple:
+    """Inputs to prune ``model`` on: ``tokens`` random token ids, or a random image of the
+    config's size for a vision model (``main_input_name == "pixel_values"``)."""
+    g = torch.Generator().manual_seed(seed)
+    config = model.config
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        return (torch.randn(1, getattr(config, "num_channels", 3), size, size, generator=g),)
+    return (torch.randint(0, getattr(config, "vocab_size", 2), (1, tokens), generator=g),)
+
+
+def prune(model, rate_dist: float = 0.3, **options):
+    """``fpgm_ext.prune(model, example_inputs(model), rate_dist, **options)``: the MLP
+    channels and attention heads of a transformers model, without data (the inputs only
+    run the checks). ``inplace=True`` prunes ``model`` itself, with no second copy."""
+    from .. import prune as _prune
+
+    return _prune(model, example_inputs(model), rate_dist=rate_dist, **options)
+
+
+def prune_pretrained(source: Union[str, Path], out: Union[str, Path], rate_dist: float = 0.3, **options):
+    """A local model directory pruned into ``out`` (``fpgm-ext prune SOURCE --out OUT``):
+    loaded, pruned in place, saved by ``save``; returns the report."""
+    model = load(source)
+    _, report = prune(model, rate_dist, inplace=True, **options)
+    save(model, out, report)
+    return report
 
 
 PLAN_FILE = "fpgm_plan.json"
