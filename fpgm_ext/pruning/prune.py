@@ -83,9 +83,7 @@ def make_plan(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, No
     if analysis is None:
         analysis, _ = analyse_model(model, example_inputs, trace, outputs=outputs_for(model, outputs), rate=rate_dist)
     plan = decide(model, analysis, settings)
-    return eager_checked(model, analysis, plan, example_inputs, ops,
-                         lambda why: decide(model, analysis, settings, refused=why),
-                         lambda: twin_refused(model, analysis, plan, settings, example_inputs))[0]
+    return _checked(model, analysis, plan, settings, example_inputs)[0]
 
 
 def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] = None,
@@ -133,9 +131,8 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         target_flops, target_params: instead of ``rate_dist``, the fraction of the FLOPs
             or of the parameters to remove, e.g. 0.5: the uniform ``rate_dist`` whose
             reduction is nearest the target (target.py); ``report.target`` says which.
-        outputs: a function picking the outputs the pruned model must give by value, e.g.
-            ``lambda out: out[0]``; the others may lose channels. Default: all, but for a
-            family whose outputs include maps read for their shapes only (outputs.py).
+        outputs: a function picking the outputs the pruned model must give by value (e.g.
+            ``lambda out: out[0]``), the others may lose channels; default: outputs.py.
     """
     clock = _Clock()
     example_inputs, ignore = check_prune_args(model, example_inputs, rate_dist, rate_norm, metric, ignore,
@@ -145,21 +142,16 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         raise ValueError("fpgm_ext.prune: target_flops needs example_inputs and measure=True")
     settings = Settings(rate_dist, rate_norm, metric, ignore, prune_residual, min_channels, round_to,
                         approximate, ops)
-    do_measure = measure and example_inputs is not None
-    recorder = _flops.FlopRecorder() if do_measure else None
+    recorder = _flops.FlopRecorder() if (do_measure := measure and example_inputs is not None) else None
     with clock("trace and analyse"):
-        analysis, tracer_note = analyse_model(model, example_inputs, trace, recorder, outputs_for(model, outputs),
-                                              rate_dist)
+        analysis, note = analyse_model(model, example_inputs, trace, recorder, outputs_for(model, outputs), rate_dist)
     layers_before, params_before = _layers(model), _params(model)
     with clock("measure"):
         before, sizes = _measure_before(model, example_inputs, recorder) if do_measure else (None, None)
     with clock("score and select"):
         plan, target = _plan(model, analysis, settings, goal, example_inputs, before, sizes, params_before)
     with clock("eager check", keep=analysis.tracer in CHECKED_TRACERS):
-        settings = settings.at_rate(plan.meta["rate_dist"])
-        plan, refused = eager_checked(model, analysis, plan, example_inputs, ops,
-                                      lambda why: decide(model, analysis, settings, refused=why),
-                                      lambda: twin_refused(model, analysis, plan, settings, example_inputs))
+        plan, refused = _checked(model, analysis, plan, settings, example_inputs)
     if example_inputs is not None and any(g.get("approximate") for g in plan.groups):
         with clock("approximation"):
             plan = _approximation_measured(model, analysis, plan, settings, example_inputs, refused)
@@ -167,14 +159,22 @@ def prune(model: nn.Module, example_inputs: Union[torch.Tensor, Sequence, None] 
         pruned = apply_fitting(model, plan, inplace, ops)   # made from this model: no fit check
     with clock("measure"):
         after = _measure_after(pruned, example_inputs, before, sizes) if do_measure else None
-    layers = _layer_stats(layers_before, _layers(pruned), before, after)
     report = PruneReport(
-        plan=plan, tracer=analysis.tracer, tracer_note=tracer_note, outputs_note=analysis.outputs.note,
+        plan=plan, tracer=analysis.tracer, tracer_note=note, outputs_note=analysis.outputs.note,
         flops_before=before.flops if before else None, flops_after=after.flops if after else None,
         params_before=params_before, params_after=_params(pruned),
-        layers=layers, unsupported=list(dict.fromkeys(analysis.unsupported)), timings=clock.total(),
-        target=target)
+        layers=_layer_stats(layers_before, _layers(pruned), before, after),
+        unsupported=list(dict.fromkeys(analysis.unsupported)), timings=clock.total(), target=target)
     return PruneResult(pruned, report)
+
+
+def _checked(model, analysis, plan, settings: Settings, example_inputs):
+    """(the plan, the groups refused): ``checks.eager_checked`` at the plan's rate, on a
+    small twin for a large model of a family that builds one (twin.py)."""
+    settings = settings.at_rate(plan.meta["rate_dist"])
+    return eager_checked(model, analysis, plan, example_inputs, settings.ops,
+                         lambda why: decide(model, analysis, settings, refused=why),
+                         lambda: twin_refused(model, analysis, plan, settings, example_inputs))
 
 
 class _Clock:
