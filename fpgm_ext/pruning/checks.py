@@ -26,21 +26,25 @@ def _tensors(out, outputs: Outputs) -> List[torch.Tensor]:
     return [t for t in outputs.kept(out) if isinstance(t, torch.Tensor)]
 
 
+def _pair(model, analysis, kept, meta, ops) -> Tuple[nn.Module, nn.Module]:
+    """(the model with the groups ``kept`` names pruned, and only those; the original with
+    their channels zeroed): two copies, the model untouched."""
+    alone = build_plan(analysis, {h.id: [] for h in analysis.groups}, kept, meta)
+    return apply_fitting(model, alone, False, ops), zero_pruned(copy.deepcopy(model), alone)
+
+
 def against_masked(model, analysis, kept, meta, example_inputs, ops) -> Tuple[Optional[float], str]:
     """The model with the groups ``kept`` names pruned (and only those) against the
     original with their channels zeroed (what an exact pruning computes), on
     ``example_inputs``: (the largest difference over the largest output, "") where the
     outputs keep their shapes, else (None, why)."""
-    alone = build_plan(analysis, {h.id: [] for h in analysis.groups}, kept, meta)
     try:
-        pruned = apply_fitting(model, alone, False, ops)
-        masked = zero_pruned(copy.deepcopy(model), alone)   # (a full copy: zeroed in place)
+        pruned, masked = _pair(model, analysis, kept, meta, ops)
         with _ModeGuard(model), _ModeGuard(pruned), _ModeGuard(masked):
             got = _tensors(pruned(*example_inputs), analysis.outputs)
             want = _tensors(masked(*example_inputs), analysis.outputs)
     except Exception as exc:   # noqa: BLE001 - the model's code holds a size: said, not raised
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")[:160]
-        return None, f"the model fails on the example inputs ({type(exc).__name__}: {first})"
+        return None, f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
     if len(got) != len(want) or any(a.shape != b.shape for a, b in zip(got, want)):
         return None, "the model's outputs change shape"
     scale = max((float(w.abs().max()) for w in want if w.numel()), default=0.0)
@@ -53,19 +57,22 @@ def _not_exact(model, analysis, kept, meta, example_inputs, ops) -> Optional[str
     """Why pruning the groups ``kept`` is not exact on the model's code, or None: the pruned
     model against the masked original, each output against its own scale, in float64
     where the model runs in it (an exact pruning agrees to rounding, ~1e-13; a channel
-    count the code reads, however small its effect, does not), else in its dtype."""
-    alone = build_plan(analysis, {h.id: [] for h in analysis.groups}, kept, meta)
+    count the code reads, however small its effect, does not), else in its dtype. The two
+    copies are converted in place (float64, then back where float64 fails: exact)."""
     try:
-        pruned = apply_fitting(model, alone, False, ops)
-        masked = zero_pruned(copy.deepcopy(model), alone)
+        pair = _pair(model, analysis, kept, meta, ops)
     except Exception as exc:   # noqa: BLE001 - said, not raised
         return f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
-    for dtype, tolerance in ((torch.float64, EXACT_RTOL_FLOAT64), (None, EAGER_RTOL)):
+    dtypes = {p.dtype for m in pair for p in m.parameters() if p.is_floating_point()}
+    native = dtypes.pop() if len(dtypes) == 1 else None
+    for m in pair:
+        _no_dropout(m)
+    for dtype, tolerance in ((torch.float64, EXACT_RTOL_FLOAT64), (native, EAGER_RTOL)):
         try:
-            runs = [_outputs(model, pruned, masked, example_inputs, dtype, training, analysis.outputs)
+            runs = [_outputs(model, *pair, example_inputs, dtype, training, analysis.outputs)
                     for training in (False, True)]
         except Exception as exc:   # noqa: BLE001 - the model's code holds a size (or no float64)
-            if dtype is None:
+            if dtype is not torch.float64:
                 return f"the model fails on the example inputs ({type(exc).__name__}: {_first(exc)})"
             continue
         for (got, want), mode in zip(runs, ("", " in training mode")):
@@ -82,18 +89,16 @@ def _not_exact(model, analysis, kept, meta, example_inputs, ops) -> Optional[str
 def _outputs(model, pruned, masked, example_inputs, dtype, training: bool, outputs: Outputs):
     """(pruned's outputs, masked's) on the example inputs, in eval or in training mode
     (torch.export saw eval mode only: code on a branch of ``self.training`` shows here;
-    the random draws of both forwards start from one seed), both models (and the floating
-    inputs) in ``dtype`` where one is given. Copies: the originals are not changed."""
+    the random draws of both forwards start from one seed), both copies (and the floating
+    inputs) converted to ``dtype`` where one is given."""
     inputs = list(example_inputs)
-    pruned, masked = copy.deepcopy(pruned), copy.deepcopy(masked)
     if dtype is not None:
-        pruned, masked = pruned.to(dtype), masked.to(dtype)
+        pruned.to(dtype), masked.to(dtype)
         inputs = [x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
     outs = []
     with _ModeGuard(model), torch.random.fork_rng(devices=[]):
         for m in (pruned, masked):
             m.train(training)
-            _no_dropout(m)
             torch.manual_seed(0)
             with torch.no_grad():
                 outs.append(_tensors(m(*inputs), outputs))
