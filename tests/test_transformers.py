@@ -199,3 +199,31 @@ def test_prune_pretrained_is_the_cli_in_python(tmp_path):
     assert report.params_after < report.params_before
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
     assert sum(p.numel() for p in reloaded.parameters()) == report.params_after
+
+
+OTHERS = {   # architectures no issue names, spelled like those above (tiny random configs)
+    "Gemma": ("GemmaForCausalLM", "GemmaConfig", dict(num_key_value_heads=1, head_dim=16)),
+    "OPT": ("OPTForCausalLM", "OPTConfig", dict(ffn_dim=MLP, word_embed_proj_dim=HIDDEN)),
+    "Phi": ("PhiForCausalLM", "PhiConfig", {}),
+    "Olmo": ("OlmoForCausalLM", "OlmoConfig", {}),
+    "GPTNeoX": ("GPTNeoXForCausalLM", "GPTNeoXConfig", {}),
+    "DistilBert": ("DistilBertModel", "DistilBertConfig", dict(dim=HIDDEN, hidden_dim=MLP, n_layers=LAYERS, n_heads=4)),
+    "CLIPText": ("CLIPTextModel", "CLIPTextConfig", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHERS))
+def test_other_architectures_prune_exactly(name):
+    model_cls, config_cls, extra = OTHERS[name]
+    common = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=4)
+    config_type = getattr(transformers, config_cls)
+    config = config_type(**{**{k: v for k, v in common.items() if k in config_type().to_dict()}, **extra})
+    model = getattr(transformers, model_cls)(config).eval()
+    ids = torch.randint(3, VOCAB, (2, 10))
+    pruned, report = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
+    assert report.tracer == "structure" and report.params_after < report.params_before
+    masked = zero_pruned(copy.deepcopy(model), report.plan)
+    key = "logits" if "ForCausalLM" in model_cls else "last_hidden_state"
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids)[key], masked(ids)[key], rtol=1e-4, atol=1e-5)

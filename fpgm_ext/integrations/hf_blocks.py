@@ -2,15 +2,17 @@
 what pruning them changes beyond the weights.
 
 - Attention: ``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj`` (Llama, Mistral, Qwen2/3,
-  Gemma, HF ViT, ...), BERT's ``self.query`` / ``self.key`` / ``self.value`` /
-  ``output.dense``, or a fused ``qkv_proj`` (Phi-3) with ``o_proj``, all ``nn.Linear``,
+  Gemma, HF ViT, ...) or ``out_proj`` (OPT, CLIP, SigLIP), DistilBERT's ``q_lin`` ...
+  ``out_lin``, BERT's ``self.query`` / ``self.key`` / ``self.value`` / ``output.dense``,
+  or a fused ``qkv_proj`` (Phi-3) or ``c_attn`` (GPT-2) with its output projection,
   with the head width as an attribute (``head_dim``, ``attention_head_size``). Without
   grouped key/value heads, whole heads go from q, k and v; with them (GQA), query heads go
   in equal numbers from every key/value group (its key/value head stays), so that
   ``num_key_value_groups`` stays a whole number. The output projection loses the columns.
 - MLP: gated (``gate_proj`` and ``up_proj`` scored together, ``down_proj``'s columns; a fused
   ``gate_up_proj`` whose halves are chunked), or plain (``fc1`` / ``fc2``,
-  BERT's ``intermediate.dense`` / ``output.dense``).
+  BERT's ``intermediate.dense`` / ``output.dense``, GPT-2's ``c_fc`` / ``c_proj``,
+  DistilBERT's ``lin1`` / ``lin2``).
 
 The residual stream's width stays (RMSNorm / LayerNorm statistics over it would change).
 After the surgery, ``refit`` sets the head counts the code reads (``num_heads``,
@@ -30,11 +32,15 @@ from ..pruning.structure import StructureBuilder
 
 # (q, k, v, o) relative to the attention module, and where its head width is
 ATTENTION = [(("q_proj", "k_proj", "v_proj", "o_proj"), ""),
+             (("q_proj", "k_proj", "v_proj", "out_proj"), ""),          # OPT, CLIP, SigLIP, Whisper
+             (("q_proj", "k_proj", "v_proj", "dense"), ""),             # Phi-1/2
+             (("q_lin", "k_lin", "v_lin", "out_lin"), ""),              # DistilBERT
              (("self.query", "self.key", "self.value", "output.dense"), "self")]
 FUSED_ATTENTION = [("qkv_proj", "o_proj"), ("c_attn", "c_proj")]
 GATED_MLP = [("gate_proj", "up_proj", "down_proj")]
 FUSED_GATED_MLP = [("gate_up_proj", "down_proj")]
-PLAIN_MLP = [("fc1", "fc2"), ("intermediate.dense", "output.dense"), ("c_fc", "c_proj")]
+PLAIN_MLP = [("fc1", "fc2"), ("intermediate.dense", "output.dense"), ("c_fc", "c_proj"), ("lin1", "lin2"),
+             ("dense_h_to_4h", "dense_4h_to_h")]   # (GPT-NeoX, Falcon)
 HEAD_WIDTH = ("head_dim", "attention_head_size")
 UNPRUNED = "fpgm_ext_unpruned"   # the config's key for the unpruned model's config
 
