@@ -26,7 +26,7 @@ def analyse_model(model, example_inputs, trace: str, flops=None, outputs=None, r
     prunable (fx on a tie). torch.export costs seconds (more on its first call in a
     process); models fx (nearly) fully understands, most CNNs, pay for one trace only."""
     family = family_of(model)
-    if trace == "auto" and family.analyse is not None:
+    if trace == "auto" and family.analyse is not None and example_inputs is not None:   # (checked on them)
         found = family.analyse(model, example_inputs, outputs or family.outputs, rate)
         if found is not None:
             return found, "analysed from the module structure (its blocks known by their modules; checked on its code)"
