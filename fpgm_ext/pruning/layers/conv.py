@@ -56,13 +56,16 @@ class Conv(Layer):
     def replaced(self, m):
         return ("weight", "bias") + self.out_params
 
-    def surgery(self, name: str, m: nn.Module, entry: Dict[str, Any], batch: Surgery) -> None:
+    def kept(self, name: str, m: nn.Module, entry: Dict[str, Any]) -> Tuple[Channels, torch.Tensor, torch.Tensor]:
+        """(the layer's channels, the output and the input channels the entry keeps), checked."""
         ch = self.channels(m)
         check_size(name, entry, "out_size", ch.outputs)
         check_size(name, entry, "in_size", ch.inputs)
         dev = m.weight.device
-        out = kept_indices(entry, "out", ch.outputs, name, dev)
-        inn = kept_indices(entry, "in", ch.inputs, name, dev)
+        return ch, kept_indices(entry, "out", ch.outputs, name, dev), kept_indices(entry, "in", ch.inputs, name, dev)
+
+    def surgery(self, name: str, m: nn.Module, entry: Dict[str, Any], batch: Surgery) -> None:
+        ch, out, inn = self.kept(name, m, entry)
         groups = self._gather_weight(name, m, entry, ch, out, inn, batch)
         if m.bias is not None:
             batch.gather_into(m, "bias", 0, out)

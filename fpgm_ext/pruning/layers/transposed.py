@@ -9,7 +9,7 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
-from .base import Channels, Surgery, check_size, keep_mask, kept_indices
+from .base import Channels, Surgery, keep_mask
 from .linear import Linear
 
 
@@ -23,12 +23,7 @@ class TransposedLinear(Linear):
         return m.weight.t()
 
     def surgery(self, name: str, m: nn.Module, entry: Dict[str, Any], batch: Surgery) -> None:
-        ch = self.channels(m)
-        check_size(name, entry, "out_size", ch.outputs)
-        check_size(name, entry, "in_size", ch.inputs)
-        dev = m.weight.device
-        out = kept_indices(entry, "out", ch.outputs, name, dev)
-        inn = kept_indices(entry, "in", ch.inputs, name, dev)
+        ch, out, inn = self.kept(name, m, entry)
         combined = (inn[:, None] * ch.outputs + out[None, :]).reshape(-1)
         batch.gather_into(m, "weight", 0, combined, (len(inn), len(out)), source=m.weight.reshape(-1, 1))
         if m.bias is not None:
