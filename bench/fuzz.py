@@ -8,10 +8,11 @@ are exact, left alone, wrong or crash, per tracer, and why groups are left alone
 
 Models: a stem conv and 3 to 7 blocks of the kinds of tests/random_arch.py (conv chains,
 residuals, splits and concatenations, depthwise and grouped convs, squeeze-excitation,
-gates, GroupNorm, channels-last and token MLPs, attention heads, radix groups, layer
-scales, pooling, two-input merges, unusual spellings, and ops that mix channels, which
-the analysis must refuse), 4 to 24 channels, 8x8 or 12x12 inputs, one or two outputs;
-pruned at rate_dist 0.3 (--rate). EXACT: something pruned and every output within 1e-4 of its
+gates, GroupNorm, channels-last and token MLPs, tokens put back as images, attention
+heads, radix groups, layer scales (viewed or indexed with None), squeeze-excitation
+through Linear layers, pooling, two-input merges, unusual spellings, and ops that mix
+channels, which the analysis must refuse), 4 to 24 channels, 8x8 or 12x12 inputs, one or
+two outputs; pruned at rate_dist 0.3 (--rate). EXACT: something pruned and every output within 1e-4 of its
 largest value of the masked original's, in eval and in training mode; LEFT_ALONE:
 nothing pruned; WRONG: a larger difference, or the pruned model fails or does not fit
 the original; CRASH: prune raised. Reasons: each group's reasons for being left alone,

@@ -2,7 +2,7 @@
 
 ``make_model(seed)`` draws, from ``random.Random(seed)``, a small CNN / hybrid: a stem conv,
 then 3 to 7 blocks of the kinds in ``KINDS`` (tests/random_blocks.py, random_layouts.py,
-random_spellings.py, random_reshapes.py, random_attention.py; the channel mixers the
+random_spellings.py, random_reshapes.py, random_attention.py, random_hybrid.py; the channel mixers the
 analysis must refuse in random_mixers.py), each reading an earlier value (mostly the
 latest, sometimes an older one: fan-out) or two (a merge), and one or two outputs (a
 classifier head on the last value; maybe a second head, a feature map or a pooled
@@ -40,6 +40,7 @@ from random_mixers import (ChannelFlip, ChannelMatmul, ChannelPad, ChannelPerm, 
                            ChannelShuffle, ChannelStat, Head, SpatialAttention, TrainingBranch)
 from random_reshapes import Broadcast, ChannelIndex, SpaceToDepth, SpatialCat
 from random_attention import Attention, Radix
+from random_hybrid import ScaleIndex, SqueezeLinear, TokenImage
 from random_spellings import (FunctionalLayers, NormOnInput, PadShortcutResidual, ScalarOps,
                               SharedModule, SizeRead, SpatialMix)
 from test_prune import randomize
@@ -81,7 +82,8 @@ KINDS: Dict[str, Kind] = {
     "space_to_depth": _kind(SpaceToDepth, 0.7), "spatial_cat": _kind(SpatialCat, 0.7),
     "channel_index": _kind(ChannelIndex), "attention": _kind(Attention), "radix": _kind(Radix),
     "size_read": _kind(SizeRead), "pad_shortcut": _kind(PadShortcutResidual),
-    "training_branch": _kind(TrainingBranch, 0.35),
+    "training_branch": _kind(TrainingBranch, 0.35), "token_image": _kind(TokenImage),
+    "layer_scale_index": _kind(ScaleIndex), "squeeze_linear": _kind(SqueezeLinear),
 }
 
 

@@ -24,6 +24,8 @@ class Rule(str, Enum):
     CAT = "cat"
     FLATTEN = "flatten"
     VIEW = "view"
+    UNSQUEEZE = "unsqueeze"
+    UNFLATTEN = "unflatten"
     REDUCE = "reduce"
     SLICE = "slice"
     GETITEM = "getitem"

@@ -34,7 +34,23 @@ are joined into a *group*:
   pass elementwise ops into the next ``Linear`` (the hidden dimension of an MLP), or be
   reshaped into attention heads (fx: ``heads.py``; q, k and v lose the same whole heads,
   the output projection their columns, and the reshapes' head counts are rewritten as
-  splits are); any other op leaves it alone.
+  splits are); an op not named here leaves it alone;
+- a permute or transpose moves such a layout between the last dimension and dim 1, and a
+  reshape between ``[B, C, H*W]`` and ``[B, C, H, W]`` (or ``[B, H*W, C]`` and
+  ``[B, H, W, C]``) keeps the channels where they are, its channel count -1 or read at
+  run time from them (fx; torch.export graphs hold constants, which the plan's check on
+  the model's code judges): tokens put back as an image are one group with the image's
+  channels, joined by a residual across the two layouts (``layouts.py``, both tracers);
+- ``unsqueeze``, an index of None and full slices, and ``unflatten`` of another dim add or
+  split dims beside the channels, which follow their dim to dim 1 or the last
+  (``broadcast.py``, both tracers): a ``[B, C]`` scale from Linear layers broadcast as
+  ``s[:, :, None, None]`` joins the channels it scales, as a conv-based squeeze-excitation
+  does; anything that splits the channels or puts them elsewhere leaves them alone;
+- a tensor attribute (fx: ``get_attr``; export: a parameter placeholder) whose one use,
+  through views, ``unsqueeze`` or an index of None, is a product or sum with activations
+  (a layer scale ``gamma[None, :, None, None]``) is pruned with the channels it meets
+  (``Use.kind == "param"``); one entry for every channel (a dim of 1, or a scale per row)
+  is no member, and a product with it keeps zeros.
 
 A space is *frozen* (left unpruned, with the reason recorded) when its channels reach
 anything the analysis does not understand: an op it does not know (reported by name),
@@ -65,10 +81,13 @@ The package, one job per file:
   fx-only extensions' state records (``state.py``);
 - ``visit.py``: what both visitors share, the tensor ops' rules by ``Rule``;
 - ``fx.py``, ``export.py``: the visitors of an fx and of an export graph;
+- ``broadcast.py``: dims added or split beside the channels (both tracers);
+- ``layouts.py``: channels-last and token layouts, tensor members (fx, and through
+  ``visit_export`` and ``export_param`` the export graph's permutes, views, sums,
+  products and parameter placeholders);
 - the fx-only extensions: ``functional.py`` (layers called on their own module's tensors,
-  weight-standardised convs), ``layouts.py`` (channels-last and token layouts, tensor
-  members), ``heads.py`` (attention heads), ``radix.py`` (split attention's radix
-  groups), ``sizes.py`` (channel counts read at run time);
+  weight-standardised convs), ``heads.py`` (attention heads), ``radix.py`` (split
+  attention's radix groups), ``sizes.py`` (channel counts read at run time);
 - this file: ``analyse``, which runs the passes, and the grouping of the joined spaces.
 """
 from __future__ import annotations

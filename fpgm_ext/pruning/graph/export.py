@@ -1,6 +1,9 @@
 """The visitor of a torch.export graph: each ATen op looked up in the table by its name
 (rules.py) and its rule applied; the layers' ops (convolution, linear, batch and group
-norm, prelu) find their module from the parameter placeholder they are given."""
+norm, prelu) find their module from the parameter placeholder they are given. The token
+and channels-last layouts and the tensor members of layouts.py are asked first
+(``layouts.visit_export``); a parameter placeholder whose one use is a product or sum is
+a tensor member (``layouts.export_param``)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -10,6 +13,7 @@ import operator
 import torch
 
 from ..rule import Rule
+from . import layouts as _layouts
 from .model import NOT_TENSOR, Tup, Val
 from .rules import Call, _arg, conv_groups, entry_of, group_norm_args
 from ..layers import LayerCall, handler_computing
@@ -76,6 +80,9 @@ def _group_norm(A: Analyzer, node, c: Call):
     return Tup((out, NOT_TENSOR, NOT_TENSOR)) if native else out
 
 
+# rules that keep a channels-last or token layout as they keep channels at dim 1 (fx.py's)
+_LAYOUT_RULES = ("unsqueeze", "unflatten")
+
 LAYER_CALLS = {Rule.CONV: _conv, Rule.LINEAR: _weighted(Rule.LINEAR), Rule.BN: _batch_norm, Rule.GN: _group_norm,
                Rule.PRELU: _weighted(Rule.PRELU)}
 # Rules applied whatever the first argument is: the layers check their input themselves,
@@ -88,6 +95,9 @@ def _visit_export(A: Analyzer, node, user_inputs):
     kwargs = _map_args(node.kwargs, A.vals)
     if node.op == "placeholder":
         if node.name in A.param_names:
+            member = _layouts.export_param(A, node)   # (a layer scale: a tensor member)
+            if member is not None:
+                return member
             return A.opaque(node, f"the parameter or buffer {A.param_names[node.name]} is used as a tensor")
         return A.opaque(node, "the model's input channels")
     if node.op == "output":
@@ -100,12 +110,16 @@ def _visit_export(A: Analyzer, node, user_inputs):
     # tuples are unpacked by operator.getitem itself, the fx spelling
     entry = entry_of("function", target) if target is operator.getitem else entry_of("aten", opname)
     rule = entry.rule if entry is not None else None
-    if rule not in ("linear", "size", "cast", "new"):   # a Linear knows the layout; the others do not use it
-        out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise, None)
-        if out is not None:
-            return out
+    out = _layouts.visit_export(A, node, opname, args, kwargs)   # (token layouts, tensor members)
+    if out is not None:
+        return out
     x = args[0] if args else None
     c = Call("aten", target, args, kwargs, x, opname, str(target), node.name)
+    if rule not in ("linear", "size", "cast", "new"):   # a Linear knows the layout; the others do not use it
+        out = _last_axis(A, node, args, kwargs, entry is not None and entry.elementwise, None,
+                         (lambda: apply(A, node, rule, c)) if rule in _LAYOUT_RULES and isinstance(x, Val) else None)
+        if out is not None:
+            return out
     if rule in LAYER_CALLS:
         return LAYER_CALLS[rule](A, node, c)
     if rule in _ANY_FIRST_ARG:

@@ -47,7 +47,7 @@ _ANY_FIRST_ARG = {"size", "getitem", "add", "mul", "div", "cat"}
 
 
 # rules that keep a channels-last or token layout as they keep channels at dim 1
-_LAYOUT_RULES = ("split", "nonzero")
+_LAYOUT_RULES = ("split", "nonzero", "unsqueeze", "unflatten")
 
 
 def _call(kind: str, target, args, kwargs, node) -> Call:

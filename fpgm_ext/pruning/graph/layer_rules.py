@@ -184,7 +184,9 @@ class LayerRules:
     def param_member(self, node, kind: str, x: Val, p: Val) -> Val:
         """``x * p`` or ``x + p`` for a parameter ``p`` with one entry per channel of ``x``
         along its channel dimension (a layer scale, a per-channel bias): ``p`` is pruned
-        with those channels (its pruned entries zeroed, zero stays zero)."""
+        with those channels (its pruned entries zeroed, zero stays zero). A ``p`` of one
+        entry there (a new dim, a dim of size 1, or none: a scale per row) is the same for
+        every channel: not a member, a product keeps zeros, a sum does not."""
         qualname, dims, view = p.param.name, p.param.dims, p.param.view
         owner, _, attr = qualname.rpartition(".")
         t = getattr(self.modules.get(owner), attr, None)
@@ -192,6 +194,9 @@ class LayerRules:
         ch = None if x.rank is None else (x.rank - 1 if x.last else 1)
         at = None if ch is None else ch - (x.rank - len(dims))   # broadcast: aligned on the right
         dim = dims[at] if at is not None and 0 <= at < len(dims) else None
+        if kind in ("mul", "add") and isinstance(t, torch.Tensor) and at is not None and view is None and \
+                (dim is None or (t.shape[dim] == 1 and size != 1)):
+            return x if kind == "mul" else self.unary(x, False, f"{node.name} (adds {qualname})")
         if not isinstance(t, torch.Tensor) or dim is None or size is None or x.factor != 1 or \
                 t.shape[dim] != size or self.param_dims.get(qualname, dim) != dim:
             return self.unknown(node, f"{kind} by the module attribute {qualname}", (x, p))

@@ -1,15 +1,24 @@
-"""Layouts only fx graphs show, beside the table's rules: channels moved between dim 1 and
-the last dimension (permute, transpose), spatial flattens, tokens picked, reductions over
-tokens or over the channels (a statistic), a tensor attribute viewed and multiplied or
-added in (a layer scale: a member pruned with the channels), residual sums and products
-of channels-last or token layouts, and a class token concatenated to tokens."""
+"""Layouts beside the table's rules: channels moved between dim 1 and the last dimension
+(permute, transpose), spatial flattens, channels-last views ([B, H*W, C] <-> [B, H, W,
+C]), tokens picked, reductions over tokens or over the channels (a statistic), a tensor
+attribute viewed and multiplied or added in (a layer scale: a member pruned with the
+channels), residual sums and products of channels-last or token layouts, and a class
+token concatenated to tokens. fx graphs ask ``visit``; torch.export graphs ask
+``visit_export`` for the permutes, spatial flattens, views, sums and products (their ops
+named by aten), and ``export_param`` for a parameter placeholder."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Optional
 
+import torch
+
+from .broadcast import as_layout as _as_layout, channel_dim as _channel_dim
+from .broadcast import index_dims, is_broadcast_index, reindex
 from .model import APPROXIMATE, ParamRef, ParamView, Val
 from .nodes import shape_entries
+from .sizes import CONSTANT_COUNT, reads_own_size
 
 if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
     from .analyzer import Analyzer
@@ -20,36 +29,65 @@ _REDUCE = ("mean", "sum", "amax", "max", "norm")
 _DIV = ("truediv", "div", "div_")
 
 
-def param_use(node):
-    """The product or sum that a parameter read by ``node`` reaches through views, when
-    that is its one use (so that pruning it along the channels changes nothing else)."""
+def param_use(node, aten: bool = False):
+    """The product or sum that a parameter read by ``node`` reaches through views (also
+    ``unsqueeze`` and an index of None and full slices: broadcast.py), when that is its
+    one use (so that pruning it along the channels changes nothing else). ``aten``: a
+    parameter placeholder of an export graph, whose ops are named by ``_opname``."""
     n = node
     while len(n.users) == 1:
         user = next(iter(n.users))
-        name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
-        if name in _VIEWS and user.args[0] is n:
+        name = _aten_name(user) if aten else \
+            user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+        if user.args and user.args[0] is n and (name in _VIEWS + ("unsqueeze", "_unsafe_view") or (
+                name == "getitem" and len(user.args) == 2 and is_broadcast_index(user.args[1]))):
             n = user
             continue
-        if name in ("cat", "addcmul") and user.op == "call_function":   # a class token; GRN's affine
+        if name in ("cat", "addcmul") and user.op == "call_function" and not aten:   # a class token; GRN's affine
             return user
         return user if name in _BINARY and user.op in ("call_method", "call_function") else None
     return None
 
 
-def _channel_dim(x: Val) -> int:
-    return x.rank - 1 if x.last else 1
+def _aten_name(node) -> str:
+    return getattr(node.target, "_opname", None) or getattr(node.target, "__name__", "")
 
 
-def _as_layout(x: Val, dim: int, rank: int) -> Optional[Val]:
-    """``x`` with its channels moved to ``dim`` of a tensor of ``rank``: dim 1, or the
-    last (channels-last and token layouts); None elsewhere."""
-    if rank == 2 and dim == 1:
-        return replace(x, rank=2, last=False)
-    if dim == 1:
-        return replace(x, rank=rank, last=False)
-    if dim == rank - 1 and rank >= 3:
-        return replace(x, rank=rank, last=True)
+def export_param(A: Analyzer, node) -> Optional[Val]:
+    """A parameter placeholder of an export graph as a tensor member (as fx's get_attr,
+    fx.py), where its one use is a product or sum (``param_use``); else None."""
+    qualname = A.param_names.get(node.name, "")
+    owner, _, attr = qualname.rpartition(".")
+    t = getattr(A.modules.get(owner), attr, None)
+    if not isinstance(t, torch.Tensor) or t.dim() < 1 or param_use(node, aten=True) is None:
+        return None
+    return Val((), 1, t.dim(), param=ParamRef(qualname, tuple(range(t.dim()))))
+
+
+_EXPORT_LAYOUTS = ("permute", "transpose", "flatten", "view", "reshape", "_unsafe_view")
+
+
+def visit_export(A: Analyzer, node, name: str, args, kwargs):
+    """This file's rules in a torch.export graph, by the aten op's name: permute and
+    transpose, a spatial flatten, a channels-last view, a view of a tensor member, sums
+    and products of token layouts or with a tensor member; None elsewhere (the table's
+    rules apply)."""
+    x = args[0] if args and isinstance(args[0], Val) and args[0].tensor else None
+    if x is not None and _plain(x) and name in _EXPORT_LAYOUTS:
+        out = _plain_layout(A, node, name, x, args, kwargs)
+        if out is not _NOT_MINE:
+            return out
+    if x is not None and x.param is not None and name in _VIEWS + ("_unsafe_view",):
+        return _param_view(A, node, "expand" if name == "expand" else "view", x)
+    if name in ("add", "sub", "mul") and len(args) == 2 and not kwargs:
+        return _layout_binary(A, node, "mul" if name == "mul" else "add", *args)
     return None
+
+
+def _plain(x: Val) -> bool:
+    """A value laid out in channels alone (no heads, radix, flatten or parameter)."""
+    return x.param is None and x.rank is not None and x.factor == 1 and \
+        x.heads is None and x.radix is None and bool(x.segs)
 
 
 def _cat_tokens(A: Analyzer, node, args, kwargs):
@@ -83,9 +121,7 @@ def visit(A: Analyzer, node, args, kwargs, module=None):
     x = args[0] if args else None
     if not isinstance(x, Val) or not x.tensor:
         x = None
-    plain = x is not None and x.param is None and x.rank is not None and x.factor == 1 and \
-        x.heads is None and x.radix is None and bool(x.segs)
-    if plain:
+    if x is not None and _plain(x):
         out = _plain_layout(A, node, name, x, args, kwargs)
         if out is not _NOT_MINE:
             return out
@@ -127,6 +163,10 @@ def _plain_layout(A: Analyzer, node, name: str, x: Val, args, kwargs):
         if isinstance(start, int) and isinstance(end, int) and start % x.rank >= 2:
             return replace(x, rank=x.rank - (end % x.rank - start % x.rank))   # spatial dims only
         return None
+    if name == "getitem" and len(args) == 2 and is_broadcast_index(args[1]):   # t[:, None]
+        return reindex(A, node, x, index_dims(args[1], x.rank), "indexing with None")
+    if name in ("view", "reshape", "_unsafe_view") and x.last:
+        return _last_view(A, node, x)
     if name == "getitem" and x.last and len(args) == 2 and isinstance(args[1], tuple) \
             and len(args[1]) < x.rank and args[1][:1] == (slice(None),) \
             and all(isinstance(i, (int, slice)) for i in args[1]):
@@ -136,6 +176,25 @@ def _plain_layout(A: Analyzer, node, name: str, x: Val, args, kwargs):
     if name in _REDUCE and node.op == "call_method" and (x.last or name == "norm" or x.rank is not None):
         return _reduce(A, node, name, x, args, kwargs)
     return _NOT_MINE
+
+
+def _last_view(A: Analyzer, node, x: Val):
+    """A reshape of a channels-last or token layout that keeps the batch and the channels
+    and regroups the dims between ([B, H*W, C] <-> [B, H, W, C]): the channels stay
+    last. In an fx graph the channel count must be -1 or read from these channels at run
+    time (``reads_own_size``); anything else leaves them alone."""
+    before, after = A.shapes.get(node.args[0].name), A.shapes.get(node.name)
+    if not isinstance(before, tuple) or not isinstance(after, tuple) or len(before) < 3 or \
+            len(after) < 3 or not all(isinstance(v, int) for v in before + after) or \
+            before[0] != after[0] or not before[-1] == after[-1] == A.size(x) or \
+            math.prod(before[1:-1]) != math.prod(after[1:-1]) or x.factor != 1:
+        return A.unknown(node, f"view/reshape {list(before or ())} -> {list(after or ())} of a last-dimension "
+                               "layout", x)
+    entries = shape_entries(node)
+    if A.tracer == "fx" and (len(entries) != len(after) or not reads_own_size(A, node, entries[-1][1], x)):
+        return A.unknown(node, f"a view of a last-dimension layout that spells its channel count "
+                               f"{CONSTANT_COUNT}", x)
+    return replace(x, rank=len(after), last=True)
 
 
 def _reduce(A: Analyzer, node, name: str, x: Val, args, kwargs):
@@ -180,7 +239,8 @@ def _param_view(A: Analyzer, node, name: str, x: Val):
         fixed = [(path, v) for path, v in entries if isinstance(v, int) and v == shape[big[0]] > 1]
         if len(entries) != len(shape) or len(fixed) > 1:
             return A.opaque(node, f"the module attribute {x.param.name} is viewed in a way not understood")
-        view = ParamView(node.name, tuple(fixed[0][0]), fixed[0][1]) if fixed else None
+        # (export graphs hold every size as a constant: the plan's check runs the code)
+        view = ParamView(node.name, tuple(fixed[0][0]), fixed[0][1]) if fixed and A.tracer == "fx" else None
         return replace(x, rank=len(shape), param=ParamRef(x.param.name, tuple(
             x.param.dims[was[0]] if d == big[0] else None for d in range(len(shape))), view))
     return A.opaque(node, f"the module attribute {x.param.name} is used as a tensor")

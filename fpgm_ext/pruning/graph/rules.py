@@ -54,6 +54,9 @@ RULES = {
     Rule.CAT: "concatenation along channels: the spaces side by side",
     Rule.FLATTEN: "flattening from dim 1: each channel becomes the features it spans",
     Rule.VIEW: "a view or reshape: unchanged, or a flatten from dim 1, by the shapes",
+    Rule.UNSQUEEZE: "a new dim of size 1 (also an index of None and full slices): the channels move "
+                     "with their dim, to dim 1 or the last (broadcast.py)",
+    Rule.UNFLATTEN: "a dim other than the channels' split into several (tokens back to an image)",
     Rule.REDUCE: "a reduction over dims other than the batch and the channels",
     Rule.SLICE: "a slice of a spatial dim",
     Rule.GETITEM: "an item of a tuple, or a spatial slicing of a tensor",
@@ -161,6 +164,13 @@ _ROWS: Tuple[Tuple[str, Rule, bool, tuple], ...] = (
     ("function", Rule.VIEW, False, (torch.reshape,)),
     ("method", Rule.VIEW, False, ("view", "reshape")),
     ("aten", Rule.VIEW, False, ("view", "reshape", "_unsafe_view")),
+    ("function", Rule.UNSQUEEZE, False, (torch.unsqueeze,)),
+    ("method", Rule.UNSQUEEZE, False, ("unsqueeze",)),
+    ("aten", Rule.UNSQUEEZE, False, ("unsqueeze",)),
+    ("module", Rule.UNFLATTEN, False, (nn.Unflatten,)),
+    ("function", Rule.UNFLATTEN, False, (torch.unflatten,)),
+    ("method", Rule.UNFLATTEN, False, ("unflatten",)),
+    ("aten", Rule.UNFLATTEN, False, ("unflatten",)),
     ("function", Rule.REDUCE, False, (torch.mean, torch.sum, torch.amax, torch.amin)),
     ("method", Rule.REDUCE, False, ("mean", "sum", "amax", "amin")),
     ("aten", Rule.REDUCE, False, ("mean", "sum", "amax", "amin")),
@@ -279,6 +289,18 @@ def view_shape(c: Call) -> list:
     if c.kind == "function":
         return list(_arg(c.args, c.kwargs, 1, "shape"))
     return list(_arg(c.args, c.kwargs, 1, "size", []))
+
+
+def unsqueeze_dim(c: Call):
+    """unsqueeze: dim."""
+    return _arg(c.args, c.kwargs, 1, "dim")
+
+
+def unflatten_args(c: Call):
+    """unflatten: (dim, sizes), the module's own for nn.Unflatten."""
+    if c.kind == "module":
+        return c.target.dim, c.target.unflattened_size
+    return _arg(c.args, c.kwargs, 1, "dim"), _arg(c.args, c.kwargs, 2, "sizes")
 
 
 def reduce_dims(c: Call):

@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 
 import torch
 
+from .broadcast import index_dims, is_broadcast_index, reindex
 from .model import NOT_TENSOR, ChannelOp, EqualCounts, Seg, Tup, Val
 from .nodes import shape_entries
 from .sizes import CONSTANT_COUNT, READ_FROM_OTHER, reads_own_size
@@ -71,10 +72,12 @@ class TensorRules:
                 return self.flatten(node, replace(x, rank=len(in_shape)), 1, -1)
             if len(in_shape) >= 2 and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2] and x.factor == 1 \
                     and not x.last and math.prod(in_shape[2:]) == math.prod(out_shape[2:]) \
-                    and self.tracer == "fx" and self._keeps_count(node, x, 1):
-                # [B, C] <-> [B, C, 1, 1], [B, C, H, W] -> [B, C, H * W]: the channels stay, when
+                    and self._keeps_count(node, x, 1):
+                # [B, C] <-> [B, C, 1, 1], [B, C, H, W] <-> [B, C, H * W]: the channels stay, when
                 # the graph reads their count at run time (a constant would hold the old one
-                # in the pruned model's code, and [B, C, -1] could then silently mis-shape)
+                # in the pruned model's code, and [B, C, -1] could then silently mis-shape);
+                # export graphs hold constants whatever the code said: the plan's check on the
+                # model's code (checks.py) refuses a group whose code spells its count
                 return replace(x, rank=len(out_shape))
             return self.unknown(node, f"view/reshape {list(in_shape)} -> {list(out_shape)}", x)
         if len(shape_args) == 2 and shape_args[1] == -1 and shape_args[0] != -1:
@@ -147,6 +150,9 @@ class TensorRules:
             if ta and not tb:
                 return a
             return self.unknown(node, "division by a tensor", (a, b))
+        if ta and tb and (a.param is None) != (b.param is None):   # a tensor attribute (export)
+            act, par = (a, b) if b.param is not None else (b, a)
+            return self.param_member(node, kind, act, par)
         if not (ta and tb):   # with a python number
             x = a if ta else b
             if kind == "mul":
@@ -175,6 +181,8 @@ class TensorRules:
             return NOT_TENSOR
         if isinstance(base, (list, tuple)):
             return base[idx] if isinstance(idx, int) else self.unknown(node, "getitem", base)
+        if isinstance(base, Val) and is_broadcast_index(idx):   # s[:, :, None, None]
+            return reindex(self, node, base, index_dims(idx, base.rank), "indexing with None")
         if isinstance(base, Val):
             # x[:, :, ::2, ::2] (spatial slicing): channels untouched; so is a channel slice
             # that keeps every channel (GhostNet's x[:, :self.out_chs] of exactly out_chs)

@@ -12,8 +12,10 @@ import torch
 
 from ..rule import Rule
 from .model import NOT_TENSOR, Tup, Val
+from .broadcast import reindex, unflatten_dims, unsqueeze_dims
 from .rules import (Call, cat_args, channel_ranges, clamp_bounds, flatten_dims, hardtanh_bounds,
-                    other_operand, pad_args, reduce_dims, slice_dim, view_shape)
+                    other_operand, pad_args, reduce_dims, slice_dim, unflatten_args, unsqueeze_dim,
+                    view_shape)
 
 
 if TYPE_CHECKING:   # (annotations only: the analyzer imports no visitor)
@@ -83,6 +85,14 @@ def _split(A: Analyzer, node, c: Call):
     return pieces[0] if c.name == "narrow" else Tup(tuple(pieces))
 
 
+def _unsqueeze(A: Analyzer, node, c: Call):
+    return reindex(A, node, c.x, unsqueeze_dims(c.x.rank, unsqueeze_dim(c)), c.label)
+
+
+def _unflatten(A: Analyzer, node, c: Call):
+    return reindex(A, node, c.x, unflatten_dims(c.x.rank, *unflatten_args(c)), c.label)
+
+
 # rule -> (analyzer, node, call) -> the output's Val
 TENSOR_RULES: Dict[Rule, Callable] = {
     Rule.PASS: _pass,
@@ -96,6 +106,8 @@ TENSOR_RULES: Dict[Rule, Callable] = {
     Rule.CAT: lambda A, node, c: A.cat(node, *cat_args(c)),
     Rule.FLATTEN: lambda A, node, c: A.flatten(node, c.x, *flatten_dims(c)),
     Rule.VIEW: lambda A, node, c: A.view(node, c.x, view_shape(c)),
+    Rule.UNSQUEEZE: _unsqueeze,
+    Rule.UNFLATTEN: _unflatten,
     Rule.REDUCE: lambda A, node, c: A.reduce(node, c.name, c.x, *reduce_dims(c)),
     Rule.SLICE: _slice,
     Rule.SPLIT: _split,
