@@ -33,7 +33,7 @@ LAYERS = [((300, 600), "offset"), ((257, 1100), "plain"), ((96, 700), "cluster")
           ((200, 12), "offset"), ((40, 30), "plain"), ((7, 3), "plain"), ((1, 50), "plain"),
           ((150, 70), "cluster")]
 # From one layer per batch (1 byte) through boundaries between the layers to all of them in
-# one batch (None: the default budget, 64 MiB or more).
+# one batch (None: the default budget, 128 MiB or more).
 BUDGETS = [1, 30_000, 200_000, 1_000_000, None]
 
 

@@ -1,7 +1,7 @@
 // CPU kernels of fpgm::distance_scores, distance_matrix and distance_scores_multi.
 //
 // Every layer is flattened to rows F[N, D] (distance_layer.h). A call's layers are prepared
-// and run a batch at a time, each batch's prepared rows within a memory budget (64 MiB or
+// and run a batch at a time, each batch's prepared rows within a memory budget (128 MiB or
 // more: a whole CNN is one batch, an LLM many; distance_batches.h). The work of a batch is
 // a list of items over all its layers, scheduled dynamically on all threads, covering only
 // the upper triangle of each distance matrix (distance_items.h):

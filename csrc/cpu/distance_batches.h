@@ -30,9 +30,10 @@
 
 namespace fpgm::cpu {
 
-constexpr int64_t kBatchBytesPerThread = int64_t{16} << 20;  // the default budget: 16 MiB of
-constexpr int64_t kMinBatchBytes = int64_t{64} << 20;        // prepared rows per thread, at
-                                                             // least 64 MiB
+// The default budget: 32 MiB of prepared rows per thread, at least 128 MiB. A CNN (ResNet-50
+// in float32: 102 MB packed) is one batch, as before batches existed; an LLM, many.
+constexpr int64_t kBatchBytesPerThread = int64_t{32} << 20;
+constexpr int64_t kMinBatchBytes = int64_t{128} << 20;
 
 // The budget of one batch's prepared rows, in bytes: FPGM_EXT_CPU_BATCH_BYTES where it is a
 // positive integer (the tests force small batches with it), else the default. Read on
@@ -46,31 +47,31 @@ inline int64_t batch_budget() {
   return std::max<int64_t>(kMinBatchBytes, kBatchBytesPerThread * at::get_num_threads());
 }
 
-// What preparing weight w allocates, about (distance_layer.h): on the packed Gram path its
-// packed copy; else its prepared rows where they are not the weight itself, and the packed
-// copy of few dimensions; and a contiguous copy of a strided weight.
+// What preparing weight w allocates, about (distance_layer.h): on the packed Gram path
+// (AVX-512 kernels on) its packed copy; else its prepared rows where they are not the
+// weight itself, and the packed copy of few dimensions; and a contiguous copy of a strided
+// weight.
 template <typename acc_t>
-int64_t prepared_bytes(const at::Tensor& w, Metric metric) {
+int64_t prepared_bytes(const at::Tensor& w, Metric metric, bool avx512) {
   const int64_t n = w.size(0), d = w.numel() / n;
   const bool direct = takes_direct_path(metric, n, d);
   const int64_t packed = gram::packed_size<acc_t>(n, d) * static_cast<int64_t>(sizeof(acc_t));
   const int64_t rows = w.numel() * static_cast<int64_t>(sizeof(acc_t));
   int64_t bytes = w.is_contiguous() ? 0 : w.numel() * w.element_size();
-  if (rows_from_source(direct)) return bytes + packed;
+  if (avx512 && !direct) return bytes + packed;
   if (w.scalar_type() != c10::CppTypeToScalarType<acc_t>::value) bytes += rows;  // converted
   if (!direct || metric == Metric::Cos) bytes += rows;  // centred or unit rows
-  if (avx512_kernels() && direct && d <= pairs::kSmallD) bytes += packed;
+  if (avx512 && direct && d <= pairs::kSmallD) bytes += packed;
   return bytes;
 }
 
 // The work of all layers of the call, from their shapes, as prepare chooses their paths.
-inline WorkTotals work_totals(at::TensorList weights, Metric metric) {
+inline WorkTotals work_totals(at::TensorList weights, Metric metric, bool avx512) {
   WorkTotals t;
-  const bool packed = avx512_kernels();
   for (const at::Tensor& w : weights) {
     const int64_t n = w.size(0), d = w.numel() / n;
     if (takes_direct_path(metric, n, d)) continue;
-    if (packed) t.packed += static_cast<double>(n) * n * d;
+    if (avx512) t.packed += static_cast<double>(n) * n * d;
     else t.gram += n * n / 2 * d;
   }
   return t;
@@ -80,7 +81,7 @@ inline WorkTotals work_totals(at::TensorList weights, Metric metric) {
 // larger layer is a batch alone), in order of work (N^2 D), most first.
 template <typename acc_t>
 std::vector<std::vector<int64_t>> make_batches(at::TensorList weights, Metric metric,
-                                               int64_t budget) {
+                                               int64_t budget, bool avx512) {
   std::vector<int64_t> order(weights.size());
   std::vector<double> work(weights.size());
   for (size_t k = 0; k < weights.size(); ++k) {
@@ -92,7 +93,7 @@ std::vector<std::vector<int64_t>> make_batches(at::TensorList weights, Metric me
   std::vector<std::vector<int64_t>> batches;
   int64_t used = 0;
   for (int64_t k : order) {
-    const int64_t bytes = prepared_bytes<acc_t>(weights[k], metric);
+    const int64_t bytes = prepared_bytes<acc_t>(weights[k], metric, avx512);
     if (batches.empty() || used + bytes > budget) batches.emplace_back(), used = 0;
     batches.back().push_back(k);
     used += bytes;
@@ -146,10 +147,11 @@ std::vector<std::exception_ptr> prepare_batch(at::TensorList weights, Batch<acc_
   return errors;
 }
 
-// Hands the pages of freed memory back to the system (glibc): the previous batch's prepared
-// rows were allocated by whichever threads prepared them, in their malloc arenas, where
-// freed blocks stay resident and, cut up by smaller allocations, are not all reused by the
-// next batch: at two threads the process had grown by ten budgets without this.
+// Hands the pages of freed memory back to the system (glibc), between batches: the previous
+// batch's prepared rows were allocated by whichever threads prepared them, and glibc keeps
+// freed blocks resident, where, cut up by smaller allocations, the next batch does not
+// reuse them all (at two threads an LLM's call grew by ten budgets without this). The cost:
+// the next batch touches fresh pages, as the whole call did before batches existed.
 inline void release_free_memory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
@@ -164,10 +166,12 @@ inline void release_free_memory() {
 template <typename acc_t, typename Run>
 void for_each_batch(std::string_view op, at::TensorList weights, const std::string& name,
                     bool indexed, Metric metric, const Run& run) {
-  const WorkTotals totals = work_totals(weights, metric);
+  const bool avx512 = avx512_kernels();  // (prepare asks again: the same answer in a call)
+  const WorkTotals totals = work_totals(weights, metric, avx512);
   int64_t first_bad = static_cast<int64_t>(weights.size());
   std::exception_ptr error;
-  const std::vector<std::vector<int64_t>> batches = make_batches<acc_t>(weights, metric, batch_budget());
+  const std::vector<std::vector<int64_t>> batches =
+      make_batches<acc_t>(weights, metric, batch_budget(), avx512);
   for (const std::vector<int64_t>& ids : batches) {
     if (&ids != &batches.front()) release_free_memory();
     Batch<acc_t> b{{}, {}, totals};

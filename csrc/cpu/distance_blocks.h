@@ -95,8 +95,27 @@ double exact_distance(const acc_t* a, const acc_t* b, int64_t d, Metric metric) 
   return metric == Metric::L2 ? accuracy::l2_from_d2(e) : accuracy::cos_from_d2(e);  // cos: unit rows
 }
 
+// Column c of item `it` as a prepared row: held by the layer, or made once per item into
+// s.cols (clustered filters have close pairs by the thousand: made per pair, the rows cost
+// twice the distances).
+template <typename acc_t>
+const acc_t* column_row(const Layer<acc_t>& L, const Item& it, int64_t c, Scratch<acc_t>& s) {
+  if (L.rows.defined()) return L.rows.template const_data_ptr<acc_t>() + (it.j0 + c) * L.d;
+  if (s.cols_of != &it) {
+    s.cols_of = &it;
+    s.cols.resize(it.nj * L.d);
+    s.made.assign(it.nj, 0);
+  }
+  acc_t* dst = s.cols.data() + c * L.d;
+  if (!s.made[c]) {
+    s.tmp.resize(L.d);
+    if (const acc_t* x = prepared_row(L, it.j0 + c, dst, s.tmp.data()); x != dst) std::copy(x, x + L.d, dst);
+    s.made[c] = 1;
+  }
+  return dst;
+}
+
 // Calls fix(c, distance) for each close pair of row r of a Gram block, columns [c0, nj).
-// The rows come from prepared_row: made in s's buffers where the layer does not hold them.
 template <typename acc_t, typename Fix>
 void fix_close_pairs(const Layer<acc_t>& L, Metric metric, const Item& it, const acc_t* g,
                      int64_t r, int64_t c0, Scratch<acc_t>& s, const Fix& fix) {
@@ -105,11 +124,10 @@ void fix_close_pairs(const Layer<acc_t>& L, Metric metric, const Item& it, const
   for (int64_t c = c0; c < it.nj; ++c) {
     if (!simd::is_close(g[r * it.nj + c], sq_i, L.sq[it.j0 + c])) continue;
     if (a == nullptr) {
-      s.row_a.resize(L.d), s.row_b.resize(L.d), s.tmp.resize(L.d);
-      a = prepared_row(L, it.i0 + r, s.row_a.data(), s.tmp.data());
+      s.row.resize(L.d), s.tmp.resize(L.d);
+      a = prepared_row(L, it.i0 + r, s.row.data(), s.tmp.data());
     }
-    const acc_t* b = prepared_row(L, it.j0 + c, s.row_b.data(), s.tmp.data());
-    fix(c, exact_distance(a, b, L.d, metric));
+    fix(c, exact_distance(a, column_row(L, it, c, s), L.d, metric));
   }
 }
 

@@ -153,13 +153,18 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
   return items;
 }
 
-// Per worker scratch: the Gram block or the direct path's distance block, and the rows
-// of close pairs where prepared_row makes them (distance_layer.h).
+// Per worker scratch: the Gram block or the direct path's distance block, and the rows of
+// close pairs where prepared_row makes them (distance_layer.h): a row of the item's, and
+// the item's columns, each made once per item (`made`: which of the item's nj columns are
+// in `cols`; `cols_of`: the item they belong to): at most 512 rows, and only in a layer
+// with close pairs.
 template <typename acc_t>
 struct Scratch {
   std::vector<acc_t> gram;
   std::vector<double> dist;
-  std::vector<acc_t> row_a, row_b, tmp;
+  std::vector<acc_t> row, cols, tmp;
+  std::vector<char> made;
+  const Item* cols_of = nullptr;
 };
 
 // Runs body(k, worker_state) for k in [0, count) on all threads, each index taken by the
