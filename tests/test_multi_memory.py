@@ -183,3 +183,31 @@ def test_bfloat16_model_memory(threads, avx512):
     whole = _peak_extra_ratio(threads, 1 << 40, avx512)
     assert whole >= 1.5, f"control: one batch of everything added only {whole:.2f}x the weights"
     assert small <= 0.3, f"batches of 4 MiB added {small:.2f}x the weights"
+
+
+def test_certified_all_exact_in_runs(monkeypatch):
+    """CandidateScores.all_exact converts a group's members to float64 a run at a time
+    (certified._EXACT_BYTES), not all at once: the runs stay under the limit, and the sum
+    is the float64 score of the whole group."""
+    from fpgm_ext import certified
+
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randn(60, d, generator=g).bfloat16() for d in (40, 300, 50, 60, 45, 700)]
+    approx = sum(s.double() for s in fpgm_ext.distance_scores_multi(rows, "l2"))
+    runs = []
+
+    def score_all(rs):
+        assert all(r.dtype == torch.float64 for r in rs)
+        runs.append([r.shape[1] for r in rs])
+        return fpgm_ext.distance_scores_multi(rs, "l2")
+
+    monkeypatch.setattr(certified, "_EXACT_BYTES", 8 * 60 * 100)   # 100 columns of float64 rows
+    got = certified.CandidateScores(rows, approx, "l2", score_all).all_exact()
+    assert runs == [[40], [300], [50], [60], [45], [700]]
+    runs.clear()
+    monkeypatch.setattr(certified, "_EXACT_BYTES", 8 * 60 * 400)
+    other = certified.CandidateScores(rows, approx, "l2", score_all).all_exact()
+    torch.testing.assert_close(other, got, rtol=1e-12, atol=0)   # (each call cuts its own items)
+    assert runs == [[40, 300, 50], [60, 45], [700]]
+    ref = sum(reference.distance_scores(r.double(), "l2") for r in rows)
+    assert_within(got, ref, score_rtol[torch.float64], "all_exact in runs")
