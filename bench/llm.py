@@ -13,8 +13,10 @@ resident-set high-water mark is reset (``/proc/self/clear_refs``), and one
 ``distance_scores_multi(weights, metric)`` call is timed. Peak extra memory is the
 high-water mark (VmHWM) after the call less the resident set (VmRSS) before it: every page
 the call touched, whatever the allocator caches. Each case runs ``--repeat`` times, the
-checkouts alternating; the table gives the median time and the largest peak. "same
-scores" compares the two checkouts' scores bit for bit. The weights per transformer layer:
+checkouts alternating; the table gives the median time and the largest peak, and the
+median CPU time of the process (all threads) beside the wall time: on a shared machine the
+wall time moves with the other load. "same scores" compares the two checkouts' scores bit
+for bit. The weights per transformer layer:
 q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj as stored ([out, in], each
 scored by its rows).
 """
@@ -61,13 +63,13 @@ fpgm_ext.distance_scores_multi([torch.randn(64, 96, dtype=dtype)] * 4, metric)  
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")   # the high-water mark restarts at the current resident set
 rss = status("VmRSS")
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 scores = fpgm_ext.distance_scores_multi(weights, metric)
-seconds = time.perf_counter() - start
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 peak = status("VmHWM")
 if save:
     torch.save(scores, save)
-json.dump({"seconds": seconds, "extra": peak - rss, "rss": rss, "file": fpgm_ext.__file__,
+json.dump({"seconds": seconds, "cpu": cpu, "extra": peak - rss, "rss": rss, "file": fpgm_ext.__file__,
            "weights": sum(w.numel() * w.element_size() for w in weights)}, sys.stdout)
 """
 
@@ -114,6 +116,7 @@ def measure(checkouts: Dict[str, Path], name: str, dtype: str, metric: str, thre
     row = {"model": name, "threads": threads, "weights": runs[next(iter(runs))][0]["weights"], "same": same}
     for k, rs in runs.items():
         row[k] = {"seconds": statistics.median(x["seconds"] for x in rs),
+                  "cpu": statistics.median(x["cpu"] for x in rs),
                   "extra": max(x["extra"] for x in rs)}
     return row
 
@@ -125,8 +128,8 @@ def table(rows: List[dict], names: Sequence[str]) -> List[str]:
         head += f" {k}: time | {k}: peak extra / weights |"
         rule += " ---: | ---: |"
     if len(names) == 2:
-        head += " time after / before | same scores |"
-        rule += " ---: | --- |"
+        head += " time after / before | CPU time after / before | same scores |"
+        rule += " ---: | ---: | --- |"
     lines = [head, rule]
     for r in rows:
         line = f"| {r['model']} | {r['weights'] / 1e9:.2f} GB | {r['threads']} |"
@@ -134,7 +137,8 @@ def table(rows: List[dict], names: Sequence[str]) -> List[str]:
             line += f" {r[k]['seconds']:.2f} s | {r[k]['extra'] / r['weights']:.2f} |"
         if len(names) == 2:
             b, a = (r[k]["seconds"] for k in names)
-            line += f" {a / b:.3f} | {'bit for bit' if r['same'] else 'no'} |"
+            cb, ca = (r[k]["cpu"] for k in names)
+            line += f" {a / b:.3f} | {ca / cb:.3f} | {'bit for bit' if r['same'] else 'no'} |"
         lines.append(line)
     return lines
 
