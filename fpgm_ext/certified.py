@@ -37,6 +37,11 @@ _DIRECT_FRACTION = {"l2": 1 / 8, "cos": 1 / 8, "l1": 1 / 64}
 
 _CLOSE_RATIO = 64.0   # csrc/accuracy.h kCloseRatio: the Gram value of a close pair is not used
 
+# all_exact: the float64 copies of a group's members made at once, at most (one member
+# larger than this alone): a residual stream's group holds a producer in every block of the
+# model, whose float64 copies all at once would be four times a bfloat16 model.
+_EXACT_BYTES = 256 << 20
+
 
 class CandidateScores:
     """The distance scores of one selection's candidates: ``approx`` (float64 sums of the
@@ -77,13 +82,33 @@ class CandidateScores:
         return torch.where(undecided, self.known, out)
 
     def all_exact(self) -> torch.Tensor:
-        """Every unit's float64 score (the float64 kernel on the whole layer)."""
+        """Every unit's float64 score (the float64 kernel on the whole layer): the members
+        converted and scored in runs of up to ``_EXACT_BYTES`` of float64 rows, their
+        scores added in member order."""
         if self.exact is not None:
             return self.exact
         self.recomputed = self.approx.numel()
-        scores = self.score_all([r.to(torch.float64) for r in self.rows])
-        self.exact = sum(s.to(torch.float64) for s in scores)
+        total = torch.zeros_like(self.approx)
+        for run in _runs(self.rows, _EXACT_BYTES):
+            for s in self.score_all([r.to(torch.float64) for r in run]):
+                total += s.to(torch.float64)
+        self.exact = total
         return self.exact
+
+
+def _runs(rows: Sequence[torch.Tensor], limit: int) -> List[List[torch.Tensor]]:
+    """``rows`` in consecutive runs whose float64 copies take up to ``limit`` bytes each
+    (a larger member is a run alone)."""
+    runs: List[List[torch.Tensor]] = []
+    used = 0
+    for r in rows:
+        size = 8 * r.numel()
+        if not runs or used + size > limit:
+            runs.append([])
+            used = 0
+        runs[-1].append(r)
+        used += size
+    return runs
 
 
 def undecided_units(approx: torch.Tensor, bound: torch.Tensor, n_cut: int):

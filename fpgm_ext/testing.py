@@ -40,17 +40,38 @@ def random_filters(shape, dtype=torch.float32, device="cpu", layout="contiguous"
 
 
 @contextlib.contextmanager
+def _environment(name, value):
+    """Sets (or with None, removes) one environment variable for the duration."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+@contextlib.contextmanager
 def avx512_kernels(enabled):
     """Turns the compiled CPU kernels written for AVX-512 (packed Gram products, pair loops)
     off or on for the duration; off, the portable paths run (BLAS products, loops compiled
     per instruction set), as on a CPU without AVX-512. The library reads the variable
     FPGM_EXT_CPU_AVX512 on every call."""
-    old = os.environ.get("FPGM_EXT_CPU_AVX512")
-    os.environ["FPGM_EXT_CPU_AVX512"] = "1" if enabled else "0"
-    try:
+    with _environment("FPGM_EXT_CPU_AVX512", "1" if enabled else "0"):
         yield
-    finally:
-        if old is None:
-            del os.environ["FPGM_EXT_CPU_AVX512"]
-        else:
-            os.environ["FPGM_EXT_CPU_AVX512"] = old
+
+
+@contextlib.contextmanager
+def batch_bytes(budget):
+    """Sets the compiled CPU kernels' memory budget for the duration: the bytes of prepared
+    rows one batch of a call's layers may hold (csrc/cpu/distance_batches.h; None: the
+    default). A call prepares and scores its layers a batch at a time; a small budget forces
+    many batches, down to one layer each (budget 1). The library reads the variable
+    FPGM_EXT_CPU_BATCH_BYTES on every call."""
+    with _environment("FPGM_EXT_CPU_BATCH_BYTES", None if budget is None else str(int(budget))):
+        yield

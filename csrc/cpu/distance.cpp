@@ -1,8 +1,10 @@
 // CPU kernels of fpgm::distance_scores, distance_matrix and distance_scores_multi.
 //
-// Every layer is flattened to rows F[N, D] (distance_layer.h). The work is a list of items
-// over all layers at once, scheduled dynamically on all threads, covering only the upper
-// triangle of the distance matrix (distance_items.h):
+// Every layer is flattened to rows F[N, D] (distance_layer.h). A call's layers are prepared
+// and run a batch at a time, each batch's prepared rows within a memory budget (128 MiB or
+// more: a whole CNN is one batch, an LLM many; distance_batches.h). The work of a batch is
+// a list of items over all its layers, scheduled dynamically on all threads, covering only
+// the upper triangle of each distance matrix (distance_items.h):
 // - l2 and cos: Gram products and a SIMD epilogue, d^2 = |a|^2 + |b|^2 - 2 a.b, clamped at
 //   0, sqrt (l2) or d^2 / 2 (cos), row and column sums. The products: on an AVX-512 CPU,
 //   our packed kernel (gram_kernel.h); otherwise one BLAS product per item;
@@ -28,12 +30,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <exception>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../checks.h"
 #include "cos_scores.h"
+#include "distance_batches.h"
 #include "distance_blocks.h"
 #include "distance_items.h"
 #include "distance_layer.h"
@@ -42,11 +45,13 @@ namespace fpgm {
 namespace cpu {
 namespace {
 
+// The scores of one batch's layers into out[b.ids[l]].
 template <typename acc_t>
-std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
-                                    const at::TensorOptions& options) {
+void score_batch(const Batch<acc_t>& b, Metric metric, const at::TensorOptions& options,
+                 std::vector<at::Tensor>& out) {
+  const std::vector<Layer<acc_t>>& layers = b.layers;
   int64_t slots = 0;
-  const std::vector<Item> items = make_items(layers, metric, &slots);
+  const std::vector<Item> items = make_items(layers, metric, b.totals, &slots);
   std::vector<double> partial(slots, 0.0);
   for_each_item<acc_t>(items, layers, [&](const Item& it, Scratch<acc_t>& s) {
     const Layer<acc_t>& L = layers[it.layer];
@@ -73,7 +78,7 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
                      ? l2_epilogue(L, grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close)
                      : simd::cos_epilogue(grow, sq_i, sq + c0, csum + c0, it.nj - c0, &close);
       if (close > 0)
-        fix_close_pairs(L, metric, it, g, r, c0, [&](int64_t c, double d) {
+        fix_close_pairs(L, metric, it, g, r, c0, s, [&](int64_t c, double d) {
           rsum[r] += d;
           csum[c] += d;
         });
@@ -91,7 +96,6 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
     for (int64_t r = 0; r < it->ni; ++r) s[it->i0 + r] += rsum[r];
     for (int64_t c = 0; c < it->nj; ++c) s[it->j0 + c] += rsum[it->ni + c];
   }
-  std::vector<at::Tensor> out;
   for (size_t l = 0; l < layers.size(); ++l) {
     const Layer<acc_t>& L = layers[l];
     at::Tensor scores = at::empty({L.n}, options);
@@ -103,8 +107,17 @@ std::vector<at::Tensor> scores_impl(const std::vector<Layer<acc_t>>& layers, Met
       for (int64_t i = 0; i < L.n; ++i) dst[i] = static_cast<acc_t>(L.n - 1);
       for (int64_t r = 0; r < L.m; ++r) dst[L.index[r]] = static_cast<acc_t>(sums[l][r] + zeros);
     }
-    out.push_back(scores);
+    out[b.ids[l]] = scores;
   }
+}
+
+template <typename acc_t>
+std::vector<at::Tensor> scores_impl(std::string_view op, at::TensorList weights,
+                                    const std::string& name, bool indexed, Metric metric) {
+  const auto options = weights[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  std::vector<at::Tensor> out(weights.size());
+  for_each_batch<acc_t>(op, weights, name, indexed, metric,
+                        [&](const Batch<acc_t>& b) { score_batch(b, metric, options, out); });
   return out;
 }
 
@@ -126,19 +139,19 @@ void mirror_upper(T* a, int64_t m) {
   });
 }
 
+// The matrices of one batch's layers into out[b.ids[l]] ([n, n] each).
 template <typename acc_t>
-at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
-                       const at::TensorOptions& options) {
-  const int64_t n = layers[0].n;
-  const int64_t batch = static_cast<int64_t>(layers.size());
-  // The items fill each strict upper triangle; mirror_upper the rest.
-  at::Tensor out = at::empty({batch, n, n}, options);
-  // Layers with zero rows (cos) are computed compactly, then spread out below.
-  std::vector<at::Tensor> compact(batch);
-  for (int64_t l = 0; l < batch; ++l)
-    compact[l] = layers[l].m == n ? out[l] : at::empty({layers[l].m, layers[l].m}, options);
+void matrix_batch(const Batch<acc_t>& b, Metric metric, const at::Tensor& out) {
+  const std::vector<Layer<acc_t>>& layers = b.layers;
+  const int64_t n = out.size(1);
+  const auto options = out.options();
+  // The items fill each strict upper triangle; mirror_upper the rest. Layers with zero
+  // rows (cos) are computed compactly, then spread out below.
+  std::vector<at::Tensor> compact(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l)
+    compact[l] = layers[l].m == n ? out[b.ids[l]] : at::empty({layers[l].m, layers[l].m}, options);
   int64_t slots = 0;
-  const std::vector<Item> items = make_items(layers, metric, &slots);
+  const std::vector<Item> items = make_items(layers, metric, b.totals, &slots);
   for_each_item<acc_t>(items, layers, [&](const Item& it, Scratch<acc_t>& s) {
     const Layer<acc_t>& L = layers[it.layer];
     acc_t* mat = compact[it.layer].template mutable_data_ptr<acc_t>();
@@ -161,12 +174,12 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
                                 ? simd::l2_epilogue_store(grow, sq_i, sq, dst, it.nj - c0)
                                 : simd::cos_epilogue_store(grow, sq_i, sq, dst, it.nj - c0);
       if (close > 0)
-        fix_close_pairs(L, metric, it, g, r, c0, [&](int64_t c, double d) {
+        fix_close_pairs(L, metric, it, g, r, c0, s, [&](int64_t c, double d) {
           dst[c - c0] = static_cast<acc_t>(d);
         });
     }
   });
-  for (int64_t l = 0; l < batch; ++l) {
+  for (size_t l = 0; l < layers.size(); ++l) {
     const Layer<acc_t>& L = layers[l];
     mirror_upper(compact[l].template mutable_data_ptr<acc_t>(), L.m);
     if (L.m == n) continue;
@@ -174,63 +187,29 @@ at::Tensor matrix_impl(const std::vector<Layer<acc_t>>& layers, Metric metric,
     dst.fill_diagonal_(0);
     auto idx = at::tensor(L.index, options.dtype(at::kLong));
     dst.index_put_({idx.unsqueeze(1), idx.unsqueeze(0)}, compact[l]);
-    out[l].copy_(dst);
+    out[b.ids[l]].copy_(dst);
   }
-  return out;
 }
 
-// Prepares weights[k] (all of one dtype) and hands the layers to `run`. Half and bfloat16
-// are computed in float32, float32 in float32, float64 in float64.
-// A layer holding more than its share of the elements (a single layer, or a model's few
-// largest) is prepared with all threads; the others are spread over the threads a layer
-// each, largest first: a parallel loop per small layer would cost more in fork and join
-// than its work (a CIFAR ResNet's 64 x 576 layers take microseconds each).
-template <typename Run>
-auto with_layers(std::string_view op, at::TensorList weights, const std::string& name,
-                 bool indexed, Metric metric, const Run& run) {
-  auto prepare_all = [&](auto zero) {
-    using acc_t = decltype(zero);
-    const int64_t count = static_cast<int64_t>(weights.size());
-    std::vector<Layer<acc_t>> layers(count);
-    std::vector<std::exception_ptr> errors(count);  // the first layer's error is reported
-    auto prepare_one = [&](int64_t k) {
-      const std::string arg = indexed ? name + "[" + std::to_string(k) + "]" : name;
-      try {
-        layers[k] = prepare<acc_t>(weights[k], metric, op, arg);
-      } catch (...) {
-        errors[k] = std::current_exception();
-      }
-    };
-    int64_t total = 0;
-    for (const at::Tensor& w : weights) total += w.numel();
-    const int64_t share = total / std::max(1, at::get_num_threads());
-    std::vector<int64_t> small;
-    for (int64_t k = 0; k < count; ++k) {
-      if (weights[k].numel() >= share) prepare_one(k);  // in turn, all threads each
-      else small.push_back(k);
-    }
-    std::stable_sort(small.begin(), small.end(), [&](int64_t a, int64_t b) {
-      return weights[a].numel() > weights[b].numel();
-    });
-    // Inside this loop the kernels' own parallel_for calls run inline, on one thread.
-    struct None {};
-    for_each_dynamic<None>(static_cast<int64_t>(small.size()),
-                           [&](int64_t i, None&) { prepare_one(small[i]); });
-    for (const auto& e : errors)
-      if (e) std::rethrow_exception(e);
-    return run(layers, weights[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  };
-  return weights[0].scalar_type() == at::kDouble ? prepare_all(0.0) : prepare_all(0.0f);
+// The matrices [B, n, n] of B layers of n filters each.
+template <typename acc_t>
+at::Tensor matrix_impl(at::TensorList layers, Metric metric) {
+  const auto options = layers[0].options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const int64_t n = layers[0].size(0);
+  at::Tensor out = at::empty({static_cast<int64_t>(layers.size()), n, n}, options);
+  for_each_batch<acc_t>("distance_matrix", layers, "weight", false, metric,
+                        [&](const Batch<acc_t>& b) { matrix_batch(b, metric, out); });
+  return out;
 }
 
 at::Tensor distance_scores_cpu(const at::Tensor& weight, c10::string_view metric) {
   const Metric m = parse_metric("distance_scores", metric);
   check_weight("distance_scores", "weight", weight);
   if (m == Metric::Cos) return cos_scores_cpu({weight}, "distance_scores", "weight", false)[0];
-  return with_layers("distance_scores", {weight}, "weight", false, m,
-                     [&](const auto& layers, const at::TensorOptions& opt) {
-                       return scores_impl(layers, m, opt)[0];
-                     });
+  const std::vector<at::Tensor> one{weight};
+  return weight.scalar_type() == at::kDouble
+             ? scores_impl<double>("distance_scores", one, "weight", false, m)[0]
+             : scores_impl<float>("distance_scores", one, "weight", false, m)[0];
 }
 
 std::vector<at::Tensor> distance_scores_multi_cpu(at::TensorList weights,
@@ -239,10 +218,9 @@ std::vector<at::Tensor> distance_scores_multi_cpu(at::TensorList weights,
   if (weights.empty()) return {};
   check_weights(weights);
   if (m == Metric::Cos) return cos_scores_cpu(weights, "distance_scores_multi", "weights", true);
-  return with_layers("distance_scores_multi", weights, "weights", true, m,
-                     [&](const auto& layers, const at::TensorOptions& opt) {
-                       return scores_impl(layers, m, opt);
-                     });
+  return weights[0].scalar_type() == at::kDouble
+             ? scores_impl<double>("distance_scores_multi", weights, "weights", true, m)
+             : scores_impl<float>("distance_scores_multi", weights, "weights", true, m);
 }
 
 at::Tensor distance_matrix_cpu(const at::Tensor& weight, c10::string_view metric) {
@@ -250,10 +228,8 @@ at::Tensor distance_matrix_cpu(const at::Tensor& weight, c10::string_view metric
   check_weight("distance_matrix", "weight", weight);
   const bool batched = is_layer_batch(weight);
   const std::vector<at::Tensor> layers = batched ? weight.unbind(0) : std::vector{weight};
-  at::Tensor out = with_layers("distance_matrix", layers, "weight", false, m,
-                               [&](const auto& ls, const at::TensorOptions& opt) {
-                                 return matrix_impl(ls, m, opt);
-                               });
+  at::Tensor out = weight.scalar_type() == at::kDouble ? matrix_impl<double>(layers, m)
+                                                        : matrix_impl<float>(layers, m);
   return batched ? out : out.squeeze(0);
 }
 

@@ -31,7 +31,7 @@ const acc_t* gram_block(const Layer<acc_t>& L, const Item& it, Scratch<acc_t>& s
                 it.j0 < it.i0 + it.ni, s.gram.data());
     return s.gram.data();
   }
-  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
+  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();  // held off the packed path
   if (blas::gemm_abt(it.ni, it.nj, L.d, rows + it.i0 * L.d, rows + it.j0 * L.d, s.gram.data()))
     return s.gram.data();
   auto g = at::from_blob(s.gram.data(), {it.ni, it.nj}, L.rows.options());
@@ -85,27 +85,50 @@ const double* direct_block(const Layer<acc_t>& L, Metric metric, const Item& it,
 // for most layers, but filters in tight clusters (near-duplicates, the case FPGM exists
 // for) still sit far from the centre and close to each other. The epilogues leave those
 // pairs out and count them; a row that had any is fixed up here: exactly those pairs
-// (simd::is_close), sum_k (a_k - b_k)^2 (in the rows' type over chunks of kBlock columns,
-// the chunks added in float64).
+// (simd::is_close), sum_k (a_k - b_k)^2 of the prepared rows (in the rows' type over chunks
+// of kBlock columns, the chunks added in float64).
 template <typename acc_t>
-double exact_distance(const Layer<acc_t>& L, Metric metric, int64_t row_a, int64_t row_b) {
-  const acc_t* rows = L.rows.template const_data_ptr<acc_t>();
-  const acc_t* a = rows + row_a * L.d;
-  const acc_t* b = rows + row_b * L.d;
+double exact_distance(const acc_t* a, const acc_t* b, int64_t d, Metric metric) {
   double e = 0.0;
-  for (int64_t k0 = 0; k0 < L.d; k0 += kBlock)
-    simd::sqdiff_rows(a + k0, b + k0, L.d, 1, std::min(kBlock, L.d - k0), &e);
+  for (int64_t k0 = 0; k0 < d; k0 += kBlock)
+    simd::sqdiff_rows(a + k0, b + k0, d, 1, std::min(kBlock, d - k0), &e);
   return metric == Metric::L2 ? accuracy::l2_from_d2(e) : accuracy::cos_from_d2(e);  // cos: unit rows
+}
+
+// Column c of item `it` as a prepared row: held by the layer, or made once per item into
+// s.cols (clustered filters have close pairs by the thousand: made per pair, the rows cost
+// twice the distances).
+template <typename acc_t>
+const acc_t* column_row(const Layer<acc_t>& L, const Item& it, int64_t c, Scratch<acc_t>& s) {
+  if (L.rows.defined()) return L.rows.template const_data_ptr<acc_t>() + (it.j0 + c) * L.d;
+  if (s.cols_of != &it) {
+    s.cols_of = &it;
+    s.cols.resize(it.nj * L.d);
+    s.made.assign(it.nj, 0);
+  }
+  acc_t* dst = s.cols.data() + c * L.d;
+  if (!s.made[c]) {
+    s.tmp.resize(L.d);
+    if (const acc_t* x = prepared_row(L, it.j0 + c, dst, s.tmp.data()); x != dst) std::copy(x, x + L.d, dst);
+    s.made[c] = 1;
+  }
+  return dst;
 }
 
 // Calls fix(c, distance) for each close pair of row r of a Gram block, columns [c0, nj).
 template <typename acc_t, typename Fix>
 void fix_close_pairs(const Layer<acc_t>& L, Metric metric, const Item& it, const acc_t* g,
-                     int64_t r, int64_t c0, const Fix& fix) {
+                     int64_t r, int64_t c0, Scratch<acc_t>& s, const Fix& fix) {
   const acc_t sq_i = L.sq[it.i0 + r];
-  for (int64_t c = c0; c < it.nj; ++c)
-    if (simd::is_close(g[r * it.nj + c], sq_i, L.sq[it.j0 + c]))
-      fix(c, exact_distance(L, metric, it.i0 + r, it.j0 + c));
+  const acc_t* a = nullptr;
+  for (int64_t c = c0; c < it.nj; ++c) {
+    if (!simd::is_close(g[r * it.nj + c], sq_i, L.sq[it.j0 + c])) continue;
+    if (a == nullptr) {
+      s.row.resize(L.d), s.tmp.resize(L.d);
+      a = prepared_row(L, it.i0 + r, s.row.data(), s.tmp.data());
+    }
+    fix(c, exact_distance(a, column_row(L, it, c, s), L.d, metric));
+  }
 }
 
 // simd::l2_epilogue, by the AVX-512 version where the packed kernel runs (same result).

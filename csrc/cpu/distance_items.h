@@ -107,19 +107,23 @@ inline void add_gram_items(int64_t l, int64_t lo, int64_t hi, int64_t leaf, int6
   add_gram_items(l, mid, hi, leaf, d, max_work, items, slot);
 }
 
-// The items of all layers, largest first (dynamic scheduling then balances well).
+// The multiply-adds of all layers of a call (not only of those prepared at once), which
+// decide how each layer is cut into items: so a layer's items, and its scores bit for bit,
+// do not depend on how the call's layers are batched (distance_batches.h).
+struct WorkTotals {
+  int64_t gram = 0;     // the BLAS-path layers' triangles (N^2 / 2 D each)
+  double packed = 0;    // the packed-kernel layers' (N^2 D each)
+};
+
+// The items of `layers` (the whole call, or one batch of it), largest first (dynamic
+// scheduling then balances well).
 template <typename acc_t>
 std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric metric,
-                             int64_t* slots) {
+                             const WorkTotals& totals, int64_t* slots) {
   std::vector<Item> items;
   int64_t slot = 0;
-  int64_t gram_work = 0;    // multiply-adds of the BLAS-path layers' triangles
-  double packed_work = 0;   // and of the packed-kernel layers'
-  for (const auto& L : layers) {
-    if (L.direct) continue;
-    if (L.packed.defined()) packed_work += static_cast<double>(L.m) * L.m * L.d;
-    else gram_work += L.m * L.m / 2 * L.d;
-  }
+  const int64_t gram_work = totals.gram;
+  const double packed_work = totals.packed;
   const int64_t threads = std::max(1, at::get_num_threads());
   // A rectangle is cut only when it holds more than a thread's share of the work: large
   // BLAS calls are the efficient ones (bench/NOTES.md, the BLAS Gram path), and on two
@@ -149,11 +153,18 @@ std::vector<Item> make_items(const std::vector<Layer<acc_t>>& layers, Metric met
   return items;
 }
 
-// Per worker scratch: the Gram block or the direct path's distance block.
+// Per worker scratch: the Gram block or the direct path's distance block, and the rows of
+// close pairs where prepared_row makes them (distance_layer.h): a row of the item's, and
+// the item's columns, each made once per item (`made`: which of the item's nj columns are
+// in `cols`; `cols_of`: the item they belong to): at most 512 rows, and only in a layer
+// with close pairs.
 template <typename acc_t>
 struct Scratch {
   std::vector<acc_t> gram;
   std::vector<double> dist;
+  std::vector<acc_t> row, cols, tmp;
+  std::vector<char> made;
+  const Item* cols_of = nullptr;
 };
 
 // Runs body(k, worker_state) for k in [0, count) on all threads, each index taken by the
