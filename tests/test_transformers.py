@@ -164,7 +164,7 @@ def test_cli_prunes_a_local_model_directory(tmp_path):
 
 
 def test_large_models_are_checked_on_a_small_twin(monkeypatch):
-    """Above twin.TWIN_ABOVE parameters the plan is checked on a 2-layer, small-vocabulary
+    """Above twin.TWIN_ABOVE parameters the plan is checked on a 1-layer, small-vocabulary
     model of the same class (no float64 copies of the model): same result where the code
     takes the pruning, and the groups refused where it does not (here: head counts not
     refit after the surgery, so eager attention repeats the key/value heads by a stale
@@ -172,7 +172,7 @@ def test_large_models_are_checked_on_a_small_twin(monkeypatch):
     from fpgm_ext.pruning import families, twin
 
     model = _decoder("Llama", 8, 2).eval()
-    model.config.num_hidden_layers = LAYERS   # (the twin keeps 2 of them)
+    assert model.config.num_hidden_layers == LAYERS > ft.TWIN_LAYERS   # (the twin keeps fewer)
     ids = torch.randint(3, VOCAB, (1, 10))
     small, report_small = fpgm_ext.prune(model, (ids,), rate_dist=RATE)
     built = []

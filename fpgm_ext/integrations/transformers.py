@@ -42,12 +42,14 @@ def analyse(model, example_inputs, outputs, rate: float):
     return builder.analysis(outputs)
 
 
-TWIN_LAYERS, TWIN_VOCAB = 2, 256
+TWIN_LAYERS, TWIN_VOCAB, TWIN_MLP = 1, 256, 256
+MLP_WIDTHS = ("intermediate_size", "n_inner", "ffn_dim")   # a config's MLP width, by its name
 
 
 def twin(model, example_inputs):
-    """(a model of ``model``'s class from its config with ``TWIN_LAYERS`` layers and a
-    ``TWIN_VOCAB`` vocabulary, float32, random weights; the example inputs with token ids
+    """(a model of ``model``'s class from its config with ``TWIN_LAYERS`` layers, a
+    ``TWIN_VOCAB`` vocabulary and MLPs ``TWIN_MLP`` wide, float32, random weights (its
+    attention as the model's: heads and their width); the example inputs with token ids
     folded into it), on which a large model's plans are checked (../pruning/twin.py), or
     None where the config does not say its layers or the model cannot be built so."""
     config = copy.deepcopy(getattr(model, "config", None))
@@ -55,6 +57,9 @@ def twin(model, example_inputs):
     if not isinstance(layers, int):
         return None
     config.num_hidden_layers = min(layers, TWIN_LAYERS)
+    for key in MLP_WIDTHS:   # (the widths the MLP code reads are the same whatever their size)
+        if isinstance(getattr(config, key, None), int) and getattr(config, key) > TWIN_MLP:
+            setattr(config, key, TWIN_MLP)
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:config.num_hidden_layers]
     vocab = getattr(config, "vocab_size", None)

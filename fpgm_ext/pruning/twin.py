@@ -1,5 +1,6 @@
 """Plans of large models checked on a small twin: the same code, built by the model's
-family from its config with a few layers and a small vocabulary, random weights (which tell
+family from its config with fewer layers, a small vocabulary and narrow MLPs (the widths
+its code reads whatever their size), random weights (which tell
 channels apart), pruned by the same analysis and settings and checked as the model's own
 plan would be (checks.py, float64 copies, both modes). Checking a 7 B model itself would
 need several float64 copies of it; the twin's blocks run the same code on the same widths.

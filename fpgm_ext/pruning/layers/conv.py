@@ -102,6 +102,9 @@ class Conv(Layer):
                 raise ValueError(f"fpgm_ext.apply_plan: the plan's groups of {name} do not match its channels")
             batch.gather_into(m, "weight", 0, out)
             return groups
+        if len(inn) == i or len(out) == o:   # one side: a gather along it (a small index)
+            batch.gather_into(m, "weight", 0 if len(inn) == i else 1, out if len(inn) == i else inn)
+            return 1
         combined = (out[:, None] * i + inn[None, :]).reshape(-1)
         batch.gather_into(m, "weight", 0, combined, (len(out), len(inn)) + tuple(w.shape[2:]),
                           source=w.reshape(o * i, -1))

@@ -24,8 +24,11 @@ class TransposedLinear(Linear):
 
     def surgery(self, name: str, m: nn.Module, entry: Dict[str, Any], batch: Surgery) -> None:
         ch, out, inn = self.kept(name, m, entry)
-        combined = (inn[:, None] * ch.outputs + out[None, :]).reshape(-1)
-        batch.gather_into(m, "weight", 0, combined, (len(inn), len(out)), source=m.weight.reshape(-1, 1))
+        if len(inn) == ch.inputs or len(out) == ch.outputs:   # one side: a gather along it
+            batch.gather_into(m, "weight", 1 if len(inn) == ch.inputs else 0, out if len(inn) == ch.inputs else inn)
+        else:
+            combined = (inn[:, None] * ch.outputs + out[None, :]).reshape(-1)
+            batch.gather_into(m, "weight", 0, combined, (len(inn), len(out)), source=m.weight.reshape(-1, 1))
         if m.bias is not None:
             batch.gather_into(m, "bias", 0, out)
         sizes = {"nf": len(out), "nx": len(inn)}
