@@ -1,9 +1,9 @@
 """Plans of large models checked on a small twin: the same code, built by the model's
-family from its config with fewer layers, a small vocabulary and narrow MLPs (the widths
-its code reads whatever their size), random weights (which tell
-channels apart), pruned by the same analysis and settings and checked as the model's own
-plan would be (checks.py, float64 copies, both modes). Checking a 7 B model itself would
-need several float64 copies of it; the twin's blocks run the same code on the same widths.
+family from its config with fewer layers, a small vocabulary and narrow MLPs, random
+weights (which tell channels apart), pruned by the same analysis and settings and checked
+as the model's own plan would be (checks.py, float64 copies, both modes). Checking a 7 B
+model itself would need several float64 copies of it; the twin's blocks run the same code
+with the same heads.
 The model's groups are refused where the twin's group of the same modules (layer indices
 aside) is refused, and where the twin has no such group.
 
