@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .cli_models import CliError, _first_line, example_input, load_model, save_pruned
+from .cli_models import CliError, _first_line, attention_modules, example_input, load_model, save_pruned
 
 PROG = "fpgm-ext"
 
@@ -113,7 +113,8 @@ def cmd_prune(args) -> int:
     model.eval()
     try:
         pruned, report = fpgm_ext.prune(model, x, rate_dist=args.rate_dist, rate_norm=args.rate_norm,
-                                        metric=args.metric, ignore=args.ignore or (),
+                                        metric=args.metric, ignore=list(args.ignore or ()) + (
+                                            attention_modules(model) if args.no_heads else []),
                                         prune_residual=not args.no_residual, min_channels=args.min_channels,
                                         round_to=args.round_to, target_flops=args.target_flops,
                                         target_params=args.target_params, approximate=args.approximate)
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-classes", type=_positive_int, help="for built-in/torchvision models")
     r.add_argument("--ignore", action="append", metavar="MODULE", help="leave this module whole (repeatable)")
     r.add_argument("--no-residual", action="store_true", help="leave residual streams whole")
+    r.add_argument("--no-heads", action="store_true",
+                   help="transformers: leave attention heads whole (MLPs only, which every config can say)")
     r.add_argument("--approximate", action="store_true",
                    help="also prune channels under a LayerNorm (or GroupNorm(1, C)) over all of them, whose "
                         "statistics change: reported per group with the measured output difference")

@@ -144,3 +144,12 @@ def save_pruned(pruned, out: str, report) -> str:
 
     torch.save(pruned, out)
     return f"saved the pruned model to {out} (torch.load(path, weights_only=False))"
+
+
+def attention_modules(model) -> List[str]:
+    """The attention modules of a transformers model (``--no-heads`` leaves them whole)."""
+    if not (type(model).__module__ or "").startswith("transformers."):
+        return []
+    from .integrations import hf_blocks
+
+    return [a.name for a in hf_blocks.find_attention(model)]

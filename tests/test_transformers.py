@@ -227,3 +227,24 @@ def test_other_architectures_prune_exactly(name):
     key = "logits" if "ForCausalLM" in model_cls else "last_hidden_state"
     with torch.no_grad():
         torch.testing.assert_close(pruned(ids)[key], masked(ids)[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["Llama", "GPT2"])
+def test_mlp_only_loads_with_plain_from_pretrained(kind, tmp_path):
+    """heads=False: the configs that cannot say pruned heads (Llama's validation, GPT-2's head
+    width from the hidden size) say pruned MLPs."""
+    if kind == "Llama":
+        model = _decoder("Llama", 8, 2).eval()
+    else:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=8, n_inner=MLP, bos_token_id=1,
+            eos_token_id=2)).eval()
+    pruned, report = ft.prune(model, RATE, heads=False)
+    assert all(g["kept"] is None for g in report.groups if "attn" in g["producers"][0])
+    assert ft.save(pruned, tmp_path, report) == "config"
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(3, VOCAB, (1, 8))
+    masked = zero_pruned(copy.deepcopy(model), report.plan)
+    greedy = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(reloaded.generate(ids, **greedy), masked.generate(ids, **greedy))

@@ -96,20 +96,28 @@ def example_inputs(model, tokens: int = 16, seed: int = 0) -> tuple:
     return (torch.randint(0, getattr(config, "vocab_size", 2), (1, tokens), generator=g),)
 
 
-def prune(model, rate_dist: float = 0.3, **options):
+def prune(model, rate_dist: float = 0.3, heads: bool = True, **options):
     """``fpgm_ext.prune(model, example_inputs(model), rate_dist, **options)``: the MLP
     channels and attention heads of a transformers model, without data (the inputs only
-    run the checks). ``inplace=True`` prunes ``model`` itself, with no second copy."""
+    run the checks). ``inplace=True`` prunes ``model`` itself, with no second copy.
+    ``heads=False`` leaves the attention whole: the MLPs alone, which every config can say
+    (Llama's insists on ``hidden_size % num_attention_heads == 0``; BERT and GPT-2 derive
+    the head width from the hidden size), so plain ``from_pretrained`` loads the result."""
     from .. import prune as _prune
 
+    if not heads:
+        ignore = options.pop("ignore", ())
+        ignore = [ignore] if isinstance(ignore, str) else list(ignore)
+        options["ignore"] = ignore + [a.name for a in hf_blocks.find_attention(model)]
     return _prune(model, example_inputs(model), rate_dist=rate_dist, **options)
 
 
-def prune_pretrained(source: Union[str, Path], out: Union[str, Path], rate_dist: float = 0.3, **options):
+def prune_pretrained(source: Union[str, Path], out: Union[str, Path], rate_dist: float = 0.3, heads: bool = True,
+                     **options):
     """A local model directory pruned into ``out`` (``fpgm-ext prune SOURCE --out OUT``):
-    loaded, pruned in place, saved by ``save``; returns the report."""
+    loaded, pruned in place (``heads``: as ``prune``), saved by ``save``; returns the report."""
     model = load(source)
-    _, report = prune(model, rate_dist, inplace=True, **options)
+    _, report = prune(model, rate_dist, heads, inplace=True, **options)
     save(model, out, report)
     return report
 
