@@ -10,6 +10,7 @@ the selection, the plan, the surgery and the report are the graph's. Its tracer 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Dict, List, Sequence
 
 from torch import nn
@@ -34,15 +35,16 @@ class StructureBuilder:
     def rows(self, producer: str, size: int, offset: int = 0) -> int:
         """A space: ``size`` output channels (weight rows) of ``producer`` from ``offset``."""
         self.spaces.append(Space(len(self.spaces), size, producer, "linear", offset=offset))
-        use = self.uses.get(producer)
-        spaces = (use.out_spaces if use else ()) + (self.spaces[-1].id,)
-        self.uses[producer] = Use(producer, self.modules[producer], "linear", out_spaces=spaces)
+        use = self._use(producer)
+        self.uses[producer] = replace(use, out_spaces=use.out_spaces + (self.spaces[-1].id,))
         return self.spaces[-1].id
 
     def reads(self, consumer: str, spaces: Sequence[int]) -> None:
         """``consumer``'s input features are these spaces, in order (its weight columns)."""
-        segs = tuple(Seg(s) for s in spaces)
-        self.uses[consumer] = Use(consumer, self.modules[consumer], "linear", in_segs=segs)
+        self.uses[consumer] = replace(self._use(consumer), in_segs=tuple(Seg(s) for s in spaces))
+
+    def _use(self, name: str) -> Use:
+        return self.uses.get(name) or Use(name, self.modules[name], "linear")
 
     def group(self, spaces: Sequence[int], units: int, reasons: Sequence[str] = ()) -> int:
         """The spaces lose the same units: ``units`` equal runs of each space's channels
