@@ -24,14 +24,20 @@ class Mixer(Block):
         return self.post(self.mix(self.unit(x)))
 
 
-class ChannelStat(Mixer):
-    """A statistic over the channels: centred, L2-normalised, softmax, scaled by a gate of
-    their sum, less their maximum."""
-    kind = "channel_stat"
+class SameWidth(Mixer):
+    """A mixer whose output has its middle width, one of ``variants`` spellings."""
+    variants = 1
 
     def __init__(self, rng, c, hw):
         o = width(rng)
-        super().__init__(rng, c, hw, o, o, 5)
+        super().__init__(rng, c, hw, o, o, self.variants)
+
+
+class ChannelStat(SameWidth):
+    """A statistic over the channels: centred, L2-normalised, softmax, scaled by a gate of
+    their sum, less their maximum."""
+    kind = "channel_stat"
+    variants = 5
 
     def mix(self, y):
         v = self.variant
@@ -82,13 +88,10 @@ class ChannelPad(Mixer):
         return F.pad(y, pad) if self.variant == 0 else F.pad(y, pad, value=1.0)
 
 
-class ChannelFlip(Mixer):
+class ChannelFlip(SameWidth):
     """The channels reversed or rolled."""
     kind = "channel_flip"
-
-    def __init__(self, rng, c, hw):
-        o = width(rng)
-        super().__init__(rng, c, hw, o, o, 4)
+    variants = 4
 
     def mix(self, y):
         v = self.variant
