@@ -127,19 +127,13 @@ def example_input(model, shape):
 
 
 def save_pruned(pruned, out: str, report) -> str:
-    """Saves the pruned model as its family loads it; says where and how to load it."""
-    module = type(pruned).__module__ or ""
-    if module.startswith("ultralytics."):
-        from .integrations import ultralytics
+    """Saves the pruned model as its family loads it (``Family.save``: Ultralytics'
+    checkpoint, a transformers directory), else the whole module; says how to load it."""
+    from .pruning.families import family_of
 
-        ultralytics.save(pruned, out, report)
-        return f"saved the pruned model to {out} (ultralytics.YOLO(path))"
-    if module.startswith("transformers."):
-        from .integrations import transformers as ft
-
-        how = ft.save(pruned, out, report)
-        loads = "from_pretrained(path)" if how == "config" else "fpgm_ext.integrations.transformers.load(path)"
-        return f"saved the pruned model to {out}/ ({loads})"
+    save = family_of(pruned).save
+    if save is not None:
+        return f"saved the pruned model to {out} ({save(pruned, out, report)})"
     import torch
 
     torch.save(pruned, out)

@@ -80,9 +80,7 @@ def twin(model, example_inputs):
     return made, inputs
 
 
-FAMILY = Family(
-    Outputs(without_cache, "transformers: the key/value cache is the pruned model's own (not compared)"),
-    hf_blocks.refit, analyse, twin)
+
 
 
 def example_inputs(model, tokens: int = 16, seed: int = 0) -> tuple:
@@ -189,3 +187,13 @@ def load(directory: Union[str, Path], **from_pretrained):
     model = apply_plan(cls(config), json.loads((directory / PLAN_FILE).read_text()), inplace=True)
     load_model(model, str(directory / WEIGHTS_FILE))
     return model.eval()
+
+
+def _saved(model, directory, report) -> str:
+    how = save(model, directory, report)
+    return "from_pretrained(path)" if how == "config" else "fpgm_ext.integrations.transformers.load(path)"
+
+
+FAMILY = Family(
+    Outputs(without_cache, "transformers: the key/value cache is the pruned model's own (not compared)"),
+    hf_blocks.refit, analyse, twin, _saved)

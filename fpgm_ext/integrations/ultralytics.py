@@ -60,9 +60,7 @@ def refit(model: nn.Module):
     return after
 
 
-FAMILY = Family(
-    Outputs(without_feats, "Ultralytics: the heads' 'feats' outputs (read for their shapes only) may lose channels"),
-    refit)
+
 
 
 def _model_of(yolo) -> nn.Module:
@@ -179,3 +177,13 @@ def load_spec(spec: str) -> Tuple[nn.Module, list, str]:
     yolo = YOLO(spec)
     model = yolo.model
     return model, [1, input_channels(model), 640, 640], f"Ultralytics {Path(spec).name} ({yolo.task})"
+
+
+def _saved(model, path, report) -> str:
+    save(model, path, report)
+    return "ultralytics.YOLO(path)"
+
+
+FAMILY = Family(
+    Outputs(without_feats, "Ultralytics: the heads' 'feats' outputs (read for their shapes only) may lose channels"),
+    refit, save=_saved)

@@ -41,6 +41,9 @@ class Family:
     # (model, example inputs) -> (a small model of the same blocks, its inputs) on which
     # the plans of a large model are checked (twin.py), or None
     twin: Optional[Callable[[nn.Module, Any], Any]] = None
+    # (pruned model, path, report) -> how to load it: the family's own file format, or None
+    # where ``torch.save`` of the module is it
+    save: Optional[Callable[[nn.Module, Any, Any], str]] = None
 
 
 ANY = Family()
